@@ -1,0 +1,236 @@
+"""One typed config per job: sections by stage, loaded from YAML, overridden by --set KEY=VALUE.
+
+    cfg = load_config("configs/demo.yaml", ["selection.k=500", "training.method=full"])
+
+Every field is validated at load time; a bad value raises ConfigError naming the field
+and what it accepts. `pool.path: demo` and `model.path: demo` name the built-in demo pool
+and demo model (generated / fetched into the cache on first use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; the message says which field and what to do."""
+
+
+@dataclass
+class PoolConfig:
+    path: str = "demo"  # file, directory, glob, s3://..., a save_to_disk folder, or "demo"
+    format: Literal["auto", "jsonl", "json", "parquet", "hf"] = "auto"
+    id_field: str = "id"
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    messages_field: str = "messages"
+    limit: int | None = None  # read only the first N records (for quick trials)
+
+
+@dataclass
+class ModelConfig:
+    path: str = "demo"  # local folder, Hugging Face id (offline cache), .gguf file, or "demo"
+    trust_remote_code: bool = False
+    max_length: int = 1024  # tokens; longer texts are cut (ALGORITHMS.md 1.1)
+
+
+@dataclass
+class ScoringConfig:
+    prior_context: Literal["template", "plain"] = "template"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, see scoring.py on CPU
+    batch_size: int = 16  # samples per forward batch
+    num_actors: int = 0  # 0: one per GPU, or enough CPU actors to fill the cluster
+    cpus_per_actor: int = 0  # 0: all CPUs of the node divided by the actors
+    embeddings: bool = True  # pooled hidden states, from the same forward pass
+    embedding_layer: int = -1  # hidden-state layer to pool (-1: last)
+    lm_head_chunk: int = 2048  # answer positions per LM-head/cross-entropy chunk
+
+
+@dataclass
+class SelectionConfig:
+    method: Literal["iterit", "random", "ifd", "full", "kcenter"] = "iterit"
+    k: float = 0.05  # below 1: a fraction of the valid pool; 1 or more: a count
+    diversity: Literal["tfidf", "embedding"] = "tfidf"
+    features: Literal["hashed", "exact"] = "hashed"
+    n_features: int = 2**22  # hashed buckets
+    diversity_decay: float = 0.1  # gamma
+    ifd_max: float = 1.0
+    dedup_threshold: float | None = None  # cosine; embedding diversity only
+    rounds: int = 3
+    rescore_pool: Literal["fixed", "rolling", "all"] = "fixed"
+    rescore_factor: float = 3.0
+
+
+@dataclass
+class TrainingConfig:
+    method: Literal["lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    learning_rate: float = 2e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    batch_size: int = 4  # per worker, per step
+    gradient_accumulation: int = 1
+    epochs: int = 1  # passes over each round's selection
+    num_workers: int = 1
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    merge_weights: bool = False  # also export merged full weights after each round
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: the cluster this job was submitted to, else a local one
+    num_cpus: int | None = None  # for a local cluster only
+
+
+@dataclass
+class RunConfig:
+    dir: str | None = None  # default: runs/<job>-<timestamp>
+    seed: int = 0
+    resume: bool = False
+
+
+@dataclass
+class Config:
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+POSITIVE = {
+    "model.max_length", "scoring.batch_size", "scoring.lm_head_chunk", "selection.k",
+    "selection.n_features", "selection.rounds", "selection.rescore_factor",
+    "training.batch_size", "training.gradient_accumulation", "training.epochs",
+    "training.num_workers", "training.lora_r", "training.learning_rate",
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read YAML (default: configs/demo.yaml), apply KEY=VALUE overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (pool, model, ...)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. selection.k=1000")
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: expected a mapping")
+        raw[section][name] = yaml.safe_load(value) if value != "" else None
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    sections = {}
+    hints = typing.get_type_hints(Config)
+    for name, values in raw.items():
+        if name not in hints:
+            raise ConfigError(f"unknown config section {name!r}; sections: {', '.join(hints)}")
+        sections[name] = _build_section(name, hints[name], values or {})
+    cfg = Config(**sections)
+    _check_values(cfg)
+    return cfg
+
+
+def _build_section(section: str, cls: type, values: dict[str, Any]):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section}: expected a mapping of fields, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        if name not in hints:
+            raise ConfigError(f"unknown field {section}.{name}; fields: {', '.join(hints)}")
+        kwargs[name] = _coerce(f"{section}.{name}", hints[name], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against the annotation `tp`, converting the few lossless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not valid ({'; '.join(errors)})")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(key, item_tp, v) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation for {key}: {tp}")
+
+
+def _check_values(cfg: Config) -> None:
+    for key in POSITIVE:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if not 0.0 <= cfg.selection.diversity_decay <= 1.0:
+        raise ConfigError(f"selection.diversity_decay: must be in [0, 1], got {cfg.selection.diversity_decay}")
+    t = cfg.selection.dedup_threshold
+    if t is not None and not -1.0 <= t <= 1.0:
+        raise ConfigError(f"selection.dedup_threshold: a cosine similarity in [-1, 1], got {t}")
+    if cfg.selection.k >= 1 and cfg.selection.k != int(cfg.selection.k):
+        raise ConfigError(f"selection.k: a count must be whole, got {cfg.selection.k}")
+    if cfg.pool.limit is not None and cfg.pool.limit <= 0:
+        raise ConfigError(f"pool.limit: must be positive, got {cfg.pool.limit}")
+
+
+def resolve_k(k: float, n_valid: int) -> int:
+    """selection.k below 1 is a fraction of the valid pool, otherwise a count (capped at the pool)."""
+    count = round(k * n_valid) if k < 1 else int(k)
+    return max(1, min(count, n_valid)) if n_valid else 0
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

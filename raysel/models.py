@@ -1,0 +1,63 @@
+"""Load a causal LM and its tokenizer: a local folder, a Hugging Face id (offline cache),
+a GGUF file, a LoRA adapter folder on its base, or "demo" (SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from raysel.templates import ensure_chat_template
+
+log = logging.getLogger(__name__)
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def resolve_model_path(path: str) -> str:
+    """Map the "demo" alias to the converted demo model (fetched on first use)."""
+    if path == "demo":
+        from raysel.demo_model import ensure_demo_model
+
+        return str(ensure_demo_model())
+    return path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(path)
+    if is_adapter(path) and not (Path(path) / "tokenizer_config.json").exists():
+        path = _adapter_base(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def load_model(path: str, dtype=None, trust_remote_code: bool = False):
+    """A causal LM in eval mode. An adapter folder loads its base, then the adapter on top."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.float32
+    path = resolve_model_path(path)
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base = load_model(_adapter_base(path), dtype, trust_remote_code)
+        return PeftModel.from_pretrained(base, path).eval()
+    if str(path).endswith(".gguf"):
+        from raysel.demo_model import load_gguf_model
+
+        return load_gguf_model(path, dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.eval()
+
+
+def _adapter_base(path: str | Path) -> str:
+    import json
+
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]

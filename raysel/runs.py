@@ -1,0 +1,137 @@
+"""The run directory: the unit of reproducibility.
+
+    config.yaml, manifest.json, rows.parquet, round-R/{scores,selection}.parquet, ...
+
+Each stage writes its output under a temporary name, renames it when complete, then
+leaves a completion marker (`.done/<stage>.json`, with its stats). `--resume` trusts
+markers, never the mere existence of a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+from raysel.config import Config, dump_config
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir(job: str) -> Path:
+    return Path("runs") / f"{job}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.manifest_path = self.path / "manifest.json"
+        self.markers = self.path / ".done"
+
+    @classmethod
+    def create(cls, cfg: Config, job: str) -> RunDir:
+        """Open the run directory for a job: a fresh one, or the same one again with --resume."""
+        run = cls(cfg.run.dir or default_run_dir(job))
+        if run.path.exists() and any(run.path.iterdir()) and not cfg.run.resume:
+            raise FileExistsError(f"run directory {run.path} is not empty: pass --resume to continue it, "
+                                  "or choose another --run-dir")
+        run.markers.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run.path / "config.yaml")
+        manifest = run.read_manifest()
+        manifest.setdefault("job", job)
+        manifest.setdefault("created", datetime.now().isoformat(timespec="seconds"))
+        manifest.setdefault("stages", {})
+        manifest.update(seed=cfg.run.seed, versions=_versions())
+        run.write_manifest(manifest)
+        return run
+
+    def round_dir(self, r: int) -> Path:
+        d = self.path / f"round-{r}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # --- completion markers -------------------------------------------------------------
+
+    def is_done(self, stage: str) -> bool:
+        return (self.markers / f"{stage}.json").exists()
+
+    def stats(self, stage: str) -> dict:
+        return json.loads((self.markers / f"{stage}.json").read_text())
+
+    def mark_done(self, stage: str, seconds: float, **stats) -> None:
+        self.markers.mkdir(parents=True, exist_ok=True)
+        record = {"seconds": round(seconds, 3), **stats}
+        _atomic_write_text(self.markers / f"{stage}.json", json.dumps(record, indent=2))
+        manifest = self.read_manifest()
+        manifest.setdefault("stages", {})[stage] = {"status": "done", **record}
+        self.write_manifest(manifest)
+        log.info("stage %s done in %.1fs %s", stage, seconds, stats or "")
+
+    def forget(self, stage: str) -> None:
+        """Drop a stage's marker so that it runs again."""
+        (self.markers / f"{stage}.json").unlink(missing_ok=True)
+
+    # --- manifest -----------------------------------------------------------------------
+
+    def read_manifest(self) -> dict:
+        return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+
+    def write_manifest(self, manifest: dict) -> None:
+        _atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, default=str))
+
+    def update_manifest(self, **fields) -> None:
+        manifest = self.read_manifest()
+        manifest.update(fields)
+        self.write_manifest(manifest)
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | Path):
+    """Yield a temporary path beside `final`; on success move it into place (file or folder)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    _remove(final)
+    os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def timed():
+    """`with timed() as t: ...` then t() gives the seconds the block took."""
+    start = time.perf_counter()
+    end = []
+    yield lambda: (end[0] if end else time.perf_counter()) - start
+    end.append(time.perf_counter())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("raysel", "ray", "torch", "transformers", "peft", "deepspeed", "faiss-cpu", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out

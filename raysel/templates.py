@@ -1,0 +1,78 @@
+"""Render a conversation with the tokenizer's chat template and find the answer's token span.
+
+Scoring and training both call `render`, so the tokens a sample is scored on are exactly
+the tokens it is trained on (ALGORITHMS.md 1.1). The answer span comes from token offsets
+of the rendered text, never from a string search that whitespace trimming can break.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# For tokenizers without a chat template: plain turns, the answer closed by the EOS token.
+DEFAULT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+    "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+
+# Stands in for the answer while rendering, to learn where the template puts it.
+_SENTINEL = "\ue000RAYSEL_ANSWER\ue001"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    input_ids: list[int]
+    answer_start: int  # index of the first answer token
+    answer_end: int  # one past the last answer token kept after truncation
+
+    @property
+    def n_answer(self) -> int:
+        return self.answer_end - self.answer_start
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Give a tokenizer without a chat template the plain default one (in place)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_TEMPLATE
+
+
+def render(tokenizer, prompt: list[dict], response: str, max_length: int) -> Rendered:
+    """Tokens of [*prompt, assistant: response], cut to `max_length`, with the answer span.
+
+    The span covers the answer and the template's end-of-turn token(s), not the whitespace
+    the template writes after the turn. An empty `prompt` gives the prior text of IFD.
+    """
+    ensure_chat_template(tokenizer)
+    turns = [*prompt, {"role": "assistant", "content": response}]
+    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    probe = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    prefix = probe[: probe.index(_SENTINEL)]
+    if not text.startswith(prefix):
+        raise ValueError("the chat template renders the prompt differently depending on the answer")
+    return _tokenize_span(tokenizer, text, len(prefix), len(text.rstrip()), max_length)
+
+
+def render_plain(tokenizer, response: str, max_length: int) -> Rendered:
+    """The bare answer text (Cherry-LLM's prior), after the BOS token when the model has one."""
+    bos = tokenizer.bos_token or ""
+    text = bos + response
+    return _tokenize_span(tokenizer, text, len(bos), len(text.rstrip()), max_length, min_start=1)
+
+
+def _tokenize_span(tokenizer, text: str, start_char: int, end_char: int, max_length: int,
+                   min_start: int = 0) -> Rendered:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    # A token belongs to the answer if it overlaps [start_char, end_char).
+    inside = [i for i, (s, e) in enumerate(offsets) if e > start_char and s < end_char and e > s]
+    if not inside:
+        return Rendered(ids[:max_length], 0, 0)
+    first = max(inside[0], min_start)
+    last = inside[-1] + 1
+    ids = ids[:max_length]
+    first, last = min(first, len(ids)), min(last, len(ids))
+    return Rendered(ids, first, last)
