@@ -22,8 +22,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 
 
-class ConfigError(ValueError):
-    """A user error in the configuration; the message says which field and what to do."""
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message says what and what to do. No traceback."""
+
+
+class ConfigError(UserError):
+    """A user error in the configuration; the message names the field."""
 
 
 @dataclass
@@ -93,6 +97,8 @@ class TrainingConfig:
     offload_optimizer: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     merge_weights: bool = False  # also export merged full weights after each round
+    max_grad_norm: float = 1.0  # gradient clipping (training.py); 0 turns it off
+    log_every: int = 10  # optimizer steps between training loss log lines (training.py)
 
 
 @dataclass
@@ -126,7 +132,7 @@ POSITIVE = {
     "model.max_length", "scoring.batch_size", "scoring.lm_head_chunk", "selection.k",
     "selection.n_features", "selection.rounds", "selection.rescore_factor",
     "training.batch_size", "training.gradient_accumulation", "training.epochs",
-    "training.num_workers", "training.lora_r", "training.learning_rate",
+    "training.num_workers", "training.lora_r", "training.learning_rate", "training.log_every",
 }
 
 

@@ -1,0 +1,1 @@
+"""The loops: the only modules that know the order of the stages."""
