@@ -16,11 +16,22 @@ def is_adapter(path: str | Path) -> bool:
 
 
 def resolve_model_path(path: str) -> str:
-    """Map the "demo" alias to the converted demo model (fetched on first use)."""
+    """Map the aliases: "demo" (SmolLM2-135M-Instruct, fetched and converted on first use)
+    and "tiny" (a tiny random Llama built offline, for tests and smoke runs)."""
     if path == "demo":
         from raysel.demo_model import ensure_demo_model
 
         return str(ensure_demo_model())
+    if path == "tiny":
+        from raysel.demo_model import cache_dir
+        from raysel.runs import atomic_output
+        from raysel.testing import save_tiny_model
+
+        folder = cache_dir() / "tiny-model"
+        if not (folder / "config.json").exists():
+            with atomic_output(folder) as tmp:
+                save_tiny_model(tmp)
+        return str(folder)
     return path
 
 
@@ -30,7 +41,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     path = resolve_model_path(path)
     if is_adapter(path) and not (Path(path) / "tokenizer_config.json").exists():
         path = _adapter_base(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if str(path).endswith(".gguf"):
+        from raysel.demo_model import load_gguf_tokenizer
+
+        tokenizer = load_gguf_tokenizer(path, trust_remote_code)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ensure_chat_template(tokenizer)

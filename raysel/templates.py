@@ -57,10 +57,14 @@ def render(tokenizer, prompt: list[dict], response: str, max_length: int) -> Ren
 
 
 def render_plain(tokenizer, response: str, max_length: int) -> Rendered:
-    """The bare answer text (Cherry-LLM's prior), after the BOS token when the model has one."""
+    """The bare answer text (Cherry-LLM's prior), after the BOS token when the model has one.
+
+    The span is the whole answer, its own trailing whitespace included (as in `render`, where
+    the end-of-turn token follows it). Position 0 is never in the span: nothing before it predicts it.
+    """
     bos = tokenizer.bos_token or ""
     text = bos + response
-    return _tokenize_span(tokenizer, text, len(bos), len(text.rstrip()), max_length, min_start=1)
+    return _tokenize_span(tokenizer, text, len(bos), len(text), max_length, min_start=1)
 
 
 def _tokenize_span(tokenizer, text: str, start_char: int, end_char: int, max_length: int,
