@@ -48,3 +48,61 @@ def ingest_stage(run: RunDir, cfg: Config, force: bool = False) -> dict:
     log.info("ingested %d records: %d valid, %d invalid %s", counts["records"], counts["valid"],
              counts["invalid"], counts["invalid_by_reason"])
     return counts
+
+
+def score_stage(run: RunDir, cfg: Config, r: int, model: str, ids: list[str] | None = None) -> dict:
+    """round-R/scores.parquet (+ embeddings) for the valid rows, or only `ids` (a re-score pool)."""
+    from raysel.scoring import score_pool
+
+    stage = f"score-{r}"
+    if run.is_done(stage):
+        return run.stats(stage)
+    with timed() as t:
+        summary = score_pool(run.path / "rows.parquet", run.round_dir(r), model, cfg, ids=ids)
+    run.mark_done(stage, t(), model=str(model), **summary)
+    return run.stats(stage)
+
+
+def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
+                 candidate_ids: list[str] | None = None) -> dict:
+    """round-R/selection.parquet and selected.jsonl; returns the ranked and the selected ids."""
+    from raysel.selection.stage import ranked_ids, select_round
+
+    stage = f"select-{r}"
+    out = run.round_dir(r)
+    if not run.is_done(stage):
+        with timed() as t:
+            summary = select_round(run.path / "rows.parquet", _scores_path(run, cfg, r), out, cfg.selection,
+                                   k=k, n_rank=n_rank, seed=cfg.run.seed + r, candidate_ids=candidate_ids,
+                                   embeddings=_embeddings(run, cfg, r))
+        run.mark_done(stage, t(), k=k, n_rank=n_rank, **summary)
+    ranked, selected = ranked_ids(out / "selection.parquet")
+    return {**run.stats(stage), "ranked_ids": ranked, "selected_ids": selected}
+
+
+def train_stage(run: RunDir, cfg: Config, r: int, selected_ids: list[str], base_model: str,
+                total_steps: int) -> dict:
+    """round-R/checkpoint: the model tuned on this round's selection (continuing the last round's state)."""
+    from raysel.training import export_path, train_round
+
+    stage = f"train-{r}"
+    if not run.is_done(stage):
+        with timed() as t:
+            metrics = train_round(cfg, run.path / "rows.parquet", selected_ids, run.path, r, base_model,
+                                  total_steps)
+        run.mark_done(stage, t(), **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+    return {**run.stats(stage), "checkpoint": str(export_path(run.path, r))}
+
+
+def _scores_path(run: RunDir, cfg: Config, r: int):
+    """The round's scores, or None for methods that need none (random, full)."""
+    path = run.path / f"round-{r}" / "scores.parquet"
+    return path if path.exists() else None
+
+
+def _embeddings(run: RunDir, cfg: Config, r: int):
+    if cfg.selection.diversity != "embedding" and cfg.selection.method != "kcenter":
+        return None
+    from raysel.scoring import read_embeddings
+
+    return read_embeddings(run.path / f"round-{r}")

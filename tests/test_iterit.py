@@ -1,0 +1,148 @@
+"""The IterIT job end to end on the tiny model: artifacts per round, counts that reconcile,
+resume after a real kill, and submission to a real Ray cluster with `ray job submit`."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+JOB = [sys.executable, "jobs/iterit.py", "--config", "configs/tiny.yaml"]
+
+
+def job_env():
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+def run_job(run_dir, *extra, timeout=900):
+    out = subprocess.run([*JOB, "--run-dir", str(run_dir), *extra], cwd=ROOT, env=job_env(),
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("iterit") / "run"
+    out = run_job(run_dir)
+    return run_dir, out.stdout
+
+
+def selection(run_dir, r):
+    table = pq.read_table(run_dir / f"round-{r}" / "selection.parquet").to_pylist()
+    return sorted((row["rank"], row["id"]) for row in table if row["selected"])
+
+
+def test_two_rounds_leave_every_artifact(uninterrupted):
+    run_dir, stdout = uninterrupted
+    for name in ("config.yaml", "manifest.json", "rows.parquet"):
+        assert (run_dir / name).exists()
+    n_rows = pq.read_table(run_dir / "rows.parquet").num_rows
+    assert n_rows == 200  # configs/tiny.yaml: pool.limit
+    for r in (0, 1):
+        rd = run_dir / f"round-{r}"
+        for name in ("scores.parquet", "selection.parquet", "selected.jsonl", "checkpoint"):
+            assert (rd / name).exists(), rd / name
+        sel = pq.read_table(rd / "selection.parquet").to_pylist()
+        assert len(sel) == n_rows, "every input row has a status in every round"
+        assert sum(row["selected"] for row in sel) == 20
+        assert all(row["reason"] for row in sel if not row["selected"])
+        lines = (rd / "selected.jsonl").read_text().splitlines()
+        assert [json.loads(x)["id"] for x in lines] == [i for _, i in selection(run_dir, r)]
+        assert f"round {r}: selected 20" in stdout
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["finished"] and manifest["stages"]["train-1"]["status"] == "done"
+
+
+def test_round_one_scores_with_the_tuned_model(uninterrupted):
+    run_dir, _ = uninterrupted
+    s0 = {r["id"]: r for r in pq.read_table(run_dir / "round-0" / "scores.parquet").to_pylist()}
+    s1 = pq.read_table(run_dir / "round-1" / "scores.parquet").to_pylist()
+    assert len(s1) == 60  # the fixed re-score pool: rescore_factor (3) x k (20)
+    diffs = [abs(r["l_cond"] - s0[r["id"]]["l_cond"]) for r in s1 if r["status"] == "scored"]
+    assert max(diffs) > 1e-4, "round 1 must score with round 0's weights, not the base model"
+
+
+def _kill_after(run_dir: Path, marker: str, proc: subprocess.Popen, timeout=900):
+    deadline = time.time() + timeout
+    while not (run_dir / ".done" / marker).exists():
+        assert proc.poll() is None, "the job ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    proc.wait()
+
+
+def test_resume_after_a_real_kill_reproduces_the_run(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*JOB, "--run-dir", str(run_dir)], cwd=ROOT, env=job_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _kill_after(run_dir, "train-0.json", proc)
+    assert not (run_dir / ".done" / "train-1.json").exists(), "killed during round 1"
+    run_job(run_dir, "--resume")
+    for r in (0, 1):
+        assert selection(run_dir, r) == selection(reference, r)
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(d):
+        return load_file(next((d / "round-1" / "checkpoint").glob("*.safetensors")))
+
+    a, b = weights(run_dir), weights(reference)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_running_cluster(tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    gcs, dash = _free_port(), _free_port()
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--temp-dir={tmp_path / 'ray'}"], env=job_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "run"
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        _wait_for_dashboard(address, head)
+        out = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", ".", "--",
+                              "python", "jobs/iterit.py", "--config", "configs/tiny.yaml", "--run-dir",
+                              str(run_dir), "--set", "selection.rounds=1"],
+                             cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+        assert "succeeded" in out.stdout
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    assert (run_dir / "round-0" / "checkpoint").exists()
+    assert json.loads((run_dir / "manifest.json").read_text())["finished"]
+
+
+def _wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError("the Ray dashboard did not come up")
