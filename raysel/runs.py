@@ -64,9 +64,11 @@ class RunDir:
     def stats(self, stage: str) -> dict:
         return json.loads((self.markers / f"{stage}.json").read_text())
 
-    def mark_done(self, stage: str, seconds: float, **stats) -> None:
+    def mark_done(self, stage: str, seconds: float, stats: dict | None = None) -> None:
+        """Record a stage as complete, with its stats and its wall time (`seconds` wins)."""
         self.markers.mkdir(parents=True, exist_ok=True)
-        record = {"seconds": round(seconds, 3), **stats}
+        stats = stats or {}
+        record = {**stats, "seconds": round(seconds, 3)}
         _atomic_write_text(self.markers / f"{stage}.json", json.dumps(record, indent=2))
         manifest = self.read_manifest()
         manifest.setdefault("stages", {})[stage] = {"status": "done", **record}

@@ -43,7 +43,7 @@ def ingest_stage(run: RunDir, cfg: Config, force: bool = False) -> dict:
     with timed() as t:
         fields = resolve_pool_path(cfg.pool)
         counts = ingest(fields, run.path / "rows.parquet")
-    run.mark_done("ingest", t(), **counts)
+    run.mark_done("ingest", t(), counts)
     run.update_manifest(counts=counts)
     log.info("ingested %d records: %d valid, %d invalid %s", counts["records"], counts["valid"],
              counts["invalid"], counts["invalid_by_reason"])
@@ -59,7 +59,7 @@ def score_stage(run: RunDir, cfg: Config, r: int, model: str, ids: list[str] | N
         return run.stats(stage)
     with timed() as t:
         summary = score_pool(run.path / "rows.parquet", run.round_dir(r), model, cfg, ids=ids)
-    run.mark_done(stage, t(), model=str(model), **summary)
+    run.mark_done(stage, t(), {"model": str(model), **summary})
     return run.stats(stage)
 
 
@@ -75,7 +75,7 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
             summary = select_round(run.path / "rows.parquet", _scores_path(run, cfg, r), out, cfg.selection,
                                    k=k, n_rank=n_rank, seed=cfg.run.seed + r, candidate_ids=candidate_ids,
                                    embeddings=_embeddings(run, cfg, r))
-        run.mark_done(stage, t(), k=k, n_rank=n_rank, **summary)
+        run.mark_done(stage, t(), {"k": k, "n_rank": n_rank, **summary})
     ranked, selected = ranked_ids(out / "selection.parquet")
     return {**run.stats(stage), "ranked_ids": ranked, "selected_ids": selected}
 
@@ -90,7 +90,7 @@ def train_stage(run: RunDir, cfg: Config, r: int, selected_ids: list[str], base_
         with timed() as t:
             metrics = train_round(cfg, run.path / "rows.parquet", selected_ids, run.path, r, base_model,
                                   total_steps)
-        run.mark_done(stage, t(), **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        run.mark_done(stage, t(), metrics)
     return {**run.stats(stage), "checkpoint": str(export_path(run.path, r))}
 
 

@@ -67,7 +67,10 @@ def test_round_one_scores_with_the_tuned_model(uninterrupted):
     run_dir, _ = uninterrupted
     s0 = {r["id"]: r for r in pq.read_table(run_dir / "round-0" / "scores.parquet").to_pylist()}
     s1 = pq.read_table(run_dir / "round-1" / "scores.parquet").to_pylist()
-    assert len(s1) == 60  # the fixed re-score pool: rescore_factor (3) x k (20)
+    ranked0 = [i for _, i in sorted((r["rank"], r["id"]) for r in pq.read_table(
+        run_dir / "round-0" / "selection.parquet").to_pylist() if r["rank"] is not None)]
+    # the fixed re-score pool: the rescore_factor (3) x k (20) best ranked at round 0
+    assert sorted(r["id"] for r in s1) == sorted(ranked0[:60])
     diffs = [abs(r["l_cond"] - s0[r["id"]]["l_cond"]) for r in s1 if r["status"] == "scored"]
     assert max(diffs) > 1e-4, "round 1 must score with round 0's weights, not the base model"
 
