@@ -53,9 +53,12 @@ class ModelConfig:
 class ScoringConfig:
     prior_context: Literal["template", "plain"] = "template"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, see scoring.py on CPU
-    batch_size: int = 16  # samples per forward batch
+    # Samples per Ray Data batch: the block sorted by length and cut into forward micro-batches.
+    batch_size: int = 256
+    # Padded tokens per forward micro-batch (0: 8192 on CPU, 65536 on GPU); bigger means better matmuls.
+    tokens_per_forward: int = 0
     num_actors: int = 0  # 0: one per GPU, or enough CPU actors to fill the cluster
-    cpus_per_actor: int = 0  # 0: all CPUs of the node divided by the actors
+    cpus_per_actor: int = 0  # torch threads per CPU actor (0: up to 4, see raysel/scoring/stage.py)
     embeddings: bool = True  # pooled hidden states, from the same forward pass
     embedding_layer: int = -1  # hidden-state layer to pool (-1: last)
     lm_head_chunk: int = 2048  # answer positions per LM-head/cross-entropy chunk
@@ -99,6 +102,8 @@ class TrainingConfig:
     merge_weights: bool = False  # also export merged full weights after each round
     max_grad_norm: float = 1.0  # gradient clipping (training.py); 0 turns it off
     log_every: int = 10  # optimizer steps between training loss log lines (training.py)
+    cpus_per_worker: int = 0  # CPUs (torch threads) per training worker; 0: CPU training splits the
+    #                           cluster's CPUs among the workers, GPU training asks for a GPU only (training.py)
 
 
 @dataclass
@@ -228,6 +233,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"selection.dedup_threshold: a cosine similarity in [-1, 1], got {t}")
     if cfg.selection.k >= 1 and cfg.selection.k != int(cfg.selection.k):
         raise ConfigError(f"selection.k: a count must be whole, got {cfg.selection.k}")
+    if cfg.training.cpus_per_worker < 0:
+        raise ConfigError(f"training.cpus_per_worker: 0 (automatic) or more, got {cfg.training.cpus_per_worker}")
     if cfg.pool.limit is not None and cfg.pool.limit <= 0:
         raise ConfigError(f"pool.limit: must be positive, got {cfg.pool.limit}")
 
