@@ -1,0 +1,185 @@
+"""Selection engine benchmark: lazy vs naive greedy, the greedy at a million, the embedding greedy.
+
+    python benchmarks/selection.py            # the full run (tens of minutes on 2 cores)
+    python benchmarks/selection.py --quick    # small sizes, a smoke test in seconds
+
+(a) lazy vs naive IterIT greedy at N = 20,000, k = 1,000: identical selections? speed ratio; and
+    how much of the selection hashed features share with exact (vocabulary) features.
+(b) N = 1,000,000 synthetic responses (Zipf words, 20-300 words), k = 50,000, gamma = 0.1: hashed
+    TF-IDF featurisation with Ray Data (responses read from parquet shards, never in the driver),
+    then the greedy; the driver's peak memory.
+(c) the embedding greedy (IFD x (1 - max cosine), FAISS variant) on 1,000,000 x 384 float16, k = 50,000.
+The last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from raysel.selection import features, greedy, select, synthetic  # noqa: E402
+
+FIGURES: dict = {}
+
+
+def report(name: str, value, unit: str = "") -> None:
+    FIGURES[name] = value
+    print(f"{name}: {value}{(' ' + unit) if unit else ''}", flush=True)
+
+
+def peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)  # ru_maxrss is in KiB
+
+
+def ids_for(n: int) -> np.ndarray:
+    return np.array([f"s{i:07d}" for i in range(n)], dtype=object)  # id order = index order
+
+
+def naive_iterit(w, ifd, k: int, gamma: float) -> np.ndarray:
+    """The naive loop: every step recomputes D(i | S) for every row (O(k * nnz))."""
+    table = greedy.decay_table(gamma, k)
+    counts = np.zeros(w.shape[1], dtype=np.int64)
+    open_ = np.isfinite(ifd) & (ifd < 1.0)
+    order = []
+    for _ in range(k):
+        score = np.where(open_, ifd * greedy.diversity_gains(w, table[counts]), -np.inf)
+        i = int(np.argmax(score))  # first maximum: the lowest index, which is the lowest id here
+        order.append(i)
+        open_[i] = False
+        counts[w.indices[w.indptr[i]:w.indptr[i + 1]]] += 1
+    return np.array(order)
+
+
+def lazy_vs_naive(n: int, k: int, n_features: int) -> None:
+    print(f"\n(a) lazy vs naive greedy, N={n}, k={k}", flush=True)
+    texts = synthetic.responses(n, seed=1)
+    w = features.hashed_tfidf(texts, n_features)
+    ifd = synthetic.ifd_scores(n, seed=2)
+    t0 = time.perf_counter()
+    lazy = select("iterit", ifd, k, ids=ids_for(n), features=w, gamma=0.1)
+    t_lazy = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = naive_iterit(w, ifd, k, 0.1)
+    t_naive = time.perf_counter() - t0
+    report("lazy_20k_s", round(t_lazy, 3), "s")
+    report("naive_20k_s", round(t_naive, 2), "s")
+    report("identical_selection", bool(np.array_equal(lazy.order[:k], naive)))
+    report("lazy_vs_naive_speedup", round(t_naive / t_lazy, 1), "x")
+    exact = select("iterit", ifd, k, ids=ids_for(n), features=features.exact_tfidf(texts), gamma=0.1)
+    overlap = len(set(exact.selected.tolist()) & set(lazy.selected.tolist())) / k
+    report("hashed_vs_exact_overlap_20k", round(overlap, 4))
+
+
+def write_pool(folder: Path, n: int, shard: int = 50_000) -> None:
+    """Synthetic responses as parquet shards (id, response), generated a shard at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for s, start in enumerate(range(0, n, shard)):
+        m = min(shard, n - start)
+        table = pa.table({"id": [f"s{i:07d}" for i in range(start, start + m)],
+                          "response": synthetic.responses(m, seed=1000 + s)})
+        pq.write_table(table, folder / f"part-{s:04d}.parquet")
+
+
+def greedy_at_scale(n: int, k: int, n_features: int, workdir: Path, use_ray: bool) -> None:
+    print(f"\n(b) IterIT at N={n}, k={k}, gamma=0.1, {n_features} hashed buckets", flush=True)
+    t0 = time.perf_counter()
+    write_pool(workdir / "pool", n)
+    report("generate_1m_s", round(time.perf_counter() - t0, 1), "s")
+    t0 = time.perf_counter()
+    if use_ray:
+        use_ray = start_ray()
+    if use_ray:
+        import ray
+
+        ids, w = features.hashed_tfidf_ray(ray.data.read_parquet(str(workdir / "pool")), n_features)
+        ray.shutdown()
+    else:
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(str(workdir / "pool")).to_table()
+        ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+        w = features.hashed_tfidf(table.column("response").to_pylist(), n_features)
+        del table
+    report("featurize_1m_s", round(time.perf_counter() - t0, 1), "s")
+    report("featurize_path", "ray" if use_ray else "in-process")
+    report("nnz_1m", int(w.nnz))
+    report("rss_after_featurize_gb", peak_rss_gb(), "GB")
+    ifd = synthetic.ifd_scores(n, seed=2)[np.array([int(i[1:]) for i in ids])]  # IFD by id, whatever the order
+    t0 = time.perf_counter()
+    sel = select("iterit", ifd, k, ids=ids, features=w, gamma=0.1)
+    report("greedy_1m_s", round(time.perf_counter() - t0, 1), "s")
+    report("greedy_1m_selected", int(sel.k))
+    report("peak_rss_gb", peak_rss_gb(), "GB")
+
+
+def start_ray() -> bool:
+    """A local 2-CPU Ray session; on a machine too loaded to start one, say so and go on without."""
+    import ray
+
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - any start-up failure means: featurise in process
+        print(f"Ray did not start ({e}); featurising in this process instead", flush=True)
+        return False
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return True
+
+
+def embedding_at_scale(n: int, k: int, dim: int) -> None:
+    print(f"\n(c) embedding greedy at N={n} x {dim} float16, k={k}", flush=True)
+    t0 = time.perf_counter()
+    x = synthetic.embeddings(n, dim=dim, seed=5)
+    report("generate_embeddings_s", round(time.perf_counter() - t0, 1), "s")
+    ifd = synthetic.ifd_scores(n, seed=6)
+    t0 = time.perf_counter()
+    sel = select("embedding", ifd, k, ids=ids_for(n), embeddings=x)
+    report("embedding_greedy_1m_s", round(time.perf_counter() - t0, 1), "s")
+    report("embedding_greedy_selected", int(sel.k))
+    report("embedding_mean_gain_selected", round(float(np.mean(sel.diversity[:sel.k])), 4))
+    report("peak_rss_with_embeddings_gb", peak_rss_gb(), "GB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test in seconds")
+    parser.add_argument("--n-features", type=int, default=features.DEFAULT_N_FEATURES,
+                        help="hashed buckets (default: the config default, 2**22)")
+    parser.add_argument("--no-ray", action="store_true", help="featurise (b) in this process instead of Ray Data")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a, b, c")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    skip = set(args.skip.split(","))
+    sizes = dict(a=(2_000, 100), b=(20_000, 1_000), c=(20_000, 1_000)) if args.quick else \
+        dict(a=(20_000, 1_000), b=(1_000_000, 50_000), c=(1_000_000, 50_000))
+    report("quick", args.quick)
+    report("n_features", args.n_features)
+    workdir = Path(tempfile.mkdtemp(prefix="raysel-bench-"))
+    try:
+        if "a" not in skip:
+            lazy_vs_naive(*sizes["a"], args.n_features)
+        if "b" not in skip:
+            greedy_at_scale(*sizes["b"], args.n_features, workdir, use_ray=not args.no_ray)
+        if "c" not in skip:
+            embedding_at_scale(*sizes["c"], dim=384)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(FIGURES), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""IFD losses and pooled embeddings, scored by the model being tuned (ALGORITHMS.md 1.1, 1.5).
+
+`batch` holds the batched math (plain torch, no Ray); `stage` runs it on Ray Data actors and
+writes round-R/scores.parquet and round-R/embeddings.parquet.
+"""
+
+from raysel.scoring.batch import BatchScorer, Encoded, SampleScore, encode_sample
+from raysel.scoring.stage import (
+    EMBEDDINGS_FILE,
+    SCORES_FILE,
+    SCORES_SCHEMA,
+    ActorPlan,
+    Scorer,
+    plan_actors,
+    read_embeddings,
+    read_scores,
+    resolve_dtype,
+    score_pool,
+    score_table,
+)
+
+__all__ = [
+    "EMBEDDINGS_FILE", "SCORES_FILE", "SCORES_SCHEMA", "ActorPlan", "BatchScorer", "Encoded", "SampleScore",
+    "Scorer", "encode_sample", "plan_actors", "read_embeddings", "read_scores", "resolve_dtype", "score_pool",
+    "score_table",
+]

@@ -1,0 +1,284 @@
+"""The scoring stage: Ray Data actors score the valid rows of rows.parquet with a model.
+
+    summary = score_pool(run / "rows.parquet", run / "round-0", "demo", cfg)
+    ids, vectors = read_embeddings(run / "round-0")
+
+Each actor loads the model once (a base model or a round's checkpoint: full weights or a LoRA
+adapter on its base) and scores a Ray batch of `scoring.batch_size` samples at a time with
+`BatchScorer`. Outputs, each written atomically:
+
+    scores.parquet       id, status ("scored" | "invalid"), reason, l_cond, l_prior, ifd,
+                         n_answer_tokens, truncated; one row per scored sample, sorted by id
+    embeddings.parquet   id, embedding (fixed_size_list<float16>[hidden]); scored rows only, sorted by id
+
+Rows that ingestion marked invalid are not scored; the summary counts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raysel.config import Config, ConfigError, ScoringConfig
+from raysel.runs import atomic_output
+
+log = logging.getLogger(__name__)
+
+SCORES_FILE = "scores.parquet"
+EMBEDDINGS_FILE = "embeddings.parquet"
+
+SCORES_SCHEMA = pa.schema([
+    ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+    ("l_cond", pa.float64()), ("l_prior", pa.float64()), ("ifd", pa.float64()),
+    ("n_answer_tokens", pa.int32()), ("truncated", pa.bool_()),
+])
+
+# Threads per CPU actor when the config leaves it open. On the 2-core box one actor with two
+# threads beat two single-thread actors (one model copy, bigger matmuls); on big nodes several
+# actors of a few threads each scale better than one wide actor (see benchmarks/scoring.py).
+MAX_AUTO_THREADS = 4
+CPU_TOKENS_PER_FORWARD = 8192
+GPU_TOKENS_PER_FORWARD = 65536
+
+
+# --- where and how the actors run -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ActorPlan:
+    num_actors: int
+    num_cpus: float  # Ray resources per actor
+    num_gpus: int
+    threads: int  # torch threads per actor
+    device: str  # "cuda" | "cpu"
+
+
+def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
+    """One actor per GPU; without GPUs, CPU actors of a few threads each that fill the cluster."""
+    if scoring.num_actors < 0 or scoring.cpus_per_actor < 0:
+        raise ConfigError("scoring.num_actors and scoring.cpus_per_actor must be 0 (auto) or positive")
+    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    if gpus:
+        n = scoring.num_actors or gpus
+        threads = scoring.cpus_per_actor or max(1, min(MAX_AUTO_THREADS, cpus // n))
+        return ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda")
+    threads = scoring.cpus_per_actor or max(1, min(MAX_AUTO_THREADS, cpus // max(1, scoring.num_actors)))
+    n = scoring.num_actors or max(1, cpus // threads)
+    if n * threads > cpus:
+        raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
+                          f"the cluster has {cpus}: lower one of them (0 picks automatically)")
+    return ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu")
+
+
+def resolve_dtype(name: str, device: str):
+    """The torch dtype for scoring. "auto": bf16 on CUDA; on CPU bf16 where the CPU computes it
+    natively (AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is slower than fp32).
+
+    Measured on the 2-core Sapphire Rapids box with SmolLM2-135M (benchmarks/scoring.py): bf16
+    scored about 1.8x faster than fp32, and moved IFD by a small amount against fp32 (see the
+    benchmark's `bf16_vs_fp32_*` figures): well below the spread of IFD across samples, so
+    rankings barely move. Set scoring.dtype=float32 for exact reference numbers."""
+    import torch
+
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16" or device == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --- the actor --------------------------------------------------------------------------------
+
+class Scorer:
+    """What `map_batches` calls: rows (id, prompt, response) in, score rows (+ embedding) out."""
+
+    def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
+        import torch
+
+        from raysel.models import load_model, load_tokenizer
+        from raysel.scoring.batch import BatchScorer
+
+        torch.set_num_threads(threads)
+        dtype = resolve_dtype(cfg.scoring.dtype, device)
+        model = load_model(model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapter in, scoring is inference only
+            model = model.merge_and_unload()
+        tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        s = cfg.scoring
+        budget = s.tokens_per_forward or (GPU_TOKENS_PER_FORWARD if device == "cuda" else CPU_TOKENS_PER_FORWARD)
+        self.scorer = BatchScorer(model.to(device), tokenizer, max_length=cfg.model.max_length,
+                                  prior_context=s.prior_context, embeddings=s.embeddings,
+                                  embedding_layer=s.embedding_layer, token_budget=budget,
+                                  lm_head_chunk=s.lm_head_chunk)
+        log.info("scorer ready: %s on %s, %s, %d threads", model_path, device, dtype, threads)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        table = score_table(self.scorer, batch)
+        return table.append_column("scored_by", pa.array([os.getpid()] * table.num_rows, pa.int64()))
+
+
+def score_table(scorer, rows: pa.Table) -> pa.Table:
+    """Score rows with columns id, prompt, response: the score columns, plus `embedding`
+    (fixed_size_list<float16>) when the scorer pools embeddings. Used in and out of Ray."""
+    samples = list(zip(rows.column("prompt").to_pylist(), rows.column("response").to_pylist(), strict=True))
+    results = scorer.score(samples)
+    columns = {
+        "id": rows.column("id"),
+        "status": [r.status for r in results],
+        "reason": [r.reason for r in results],
+        "l_cond": [r.l_cond for r in results],
+        "l_prior": [r.l_prior for r in results],
+        "ifd": [r.ifd for r in results],
+        "n_answer_tokens": [r.n_answer_tokens for r in results],
+        "truncated": [r.truncated for r in results],
+    }
+    table = pa.table(columns, schema=SCORES_SCHEMA)
+    if scorer.embeddings:
+        table = table.append_column("embedding", _embedding_column(results, scorer.hidden_size))
+    return table
+
+
+def _embedding_column(results, width: int) -> pa.FixedSizeListArray:
+    """float16 vectors; zeros for invalid samples (they are dropped before writing)."""
+    matrix = np.zeros((len(results), width), dtype=np.float16)
+    for i, r in enumerate(results):
+        if r.embedding is not None:
+            matrix[i] = r.embedding.numpy()
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), width)
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg: Config,
+               ids: list[str] | None = None) -> dict:
+    """Score the valid rows of rows.parquet (or only `ids`) into out_dir; returns the counts."""
+    import ray
+
+    rows_path, out_dir = Path(rows_path).resolve(), Path(out_dir)
+    wanted, counts = _rows_to_score(rows_path, ids)
+    plan = plan_actors(cfg.scoring, ray.cluster_resources())
+    log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
+    scored = _pipeline(rows_path, wanted, counts["to_score"], model_path, cfg, plan) if counts["to_score"] else None
+    scores, embeddings, workers = _collect(scored, cfg.scoring.embeddings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if embeddings is not None:
+        _write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
+    _write_parquet(scores, out_dir / SCORES_FILE)  # last: the stage's main output
+    status = scores.column("status").to_pylist()
+    truncated = scores.column("truncated").to_pylist()
+    return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
+            "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers,
+            "threads_per_actor": plan.threads, "device": plan.device}
+
+
+def _rows_to_score(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | None, dict]:
+    """The ids to score (None: every valid row) and the counts of what is and is not scored."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    keys = pads.dataset(str(rows_path), format="parquet").to_table(columns=["id", "status"])
+    valid = keys.filter(pc.equal(keys["status"], "valid"))["id"]
+    counts = {"rows": keys.num_rows, "excluded_at_ingestion": keys.num_rows - len(valid)}
+    if ids is None:
+        return None, {**counts, "to_score": len(valid)}
+    wanted = pa.array(sorted(set(ids)), pa.string())
+    found = pc.is_in(wanted, value_set=valid)
+    missing = len(wanted) - pc.sum(found).as_py() if len(wanted) else 0
+    if missing:
+        log.warning("%d of the %d ids to re-score are not valid rows of %s; skipped", missing, len(wanted), rows_path)
+    wanted = wanted.filter(found)
+    return wanted, {**counts, "requested": len(ids), "not_valid_or_unknown": missing, "to_score": len(wanted)}
+
+
+def _pipeline(rows_path: Path, wanted: pa.Array | None, n_rows: int, model_path: str, cfg: Config,
+              plan: ActorPlan):
+    import ray
+
+    ds = ray.data.read_parquet(str(rows_path)).select_columns(["id", "status", "prompt", "response"])
+    ds = ds.map_batches(_keep_rows, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", batch_size=None)
+    # About one block per Ray batch, so that every actor gets work.
+    ds = ds.repartition(max(plan.num_actors, -(-n_rows // cfg.scoring.batch_size)))
+    # Read before the actors start: actors that fill every CPU would leave no slot for the read
+    # tasks, and the pipeline would wait forever. The text is small next to the scoring work.
+    ds = ds.materialize()
+    resources = {"num_gpus": plan.num_gpus} if plan.num_gpus else {"num_cpus": plan.num_cpus}
+    return ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={"model_path": str(model_path), "cfg": cfg, "threads": plan.threads,
+                               "device": plan.device},
+        batch_size=cfg.scoring.batch_size,
+        batch_format="pyarrow",
+        # One batch running and one waiting per actor: busy, yet no long queue left behind at the end.
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors, max_tasks_in_flight_per_actor=2),
+        **resources,
+    )
+
+
+def _keep_rows(batch: pa.Table, wanted: pa.Array | None) -> pa.Table:
+    import pyarrow.compute as pc
+
+    keep = pc.equal(batch["status"], "valid")
+    if wanted is not None:
+        keep = pc.and_(keep, pc.is_in(batch["id"], value_set=wanted))
+    return batch.filter(keep).select(["id", "prompt", "response"])
+
+
+def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int]:
+    """Stream the results into the driver: the score columns, the scored rows' embeddings, and
+    how many actors did work."""
+    import pyarrow.compute as pc
+
+    score_parts, embedding_parts, workers = [SCORES_SCHEMA.empty_table()], [], set()
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []:
+        score_parts.append(batch.select(SCORES_SCHEMA.names))
+        workers.update(pc.unique(batch["scored_by"]).to_pylist())
+        if with_embeddings:
+            embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
+    scores = pa.concat_tables(score_parts).sort_by("id")
+    if not with_embeddings:
+        return scores, None, len(workers)
+    if not embedding_parts:  # nothing was scored: an empty file of the right shape
+        return scores, pa.table({"id": pa.array([], pa.string()),
+                                 "embedding": pa.array([], pa.list_(pa.float16(), 1))}), len(workers)
+    return scores, pa.concat_tables(embedding_parts).sort_by("id"), len(workers)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+# --- reading the outputs ------------------------------------------------------------------------
+
+def read_scores(round_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(round_dir) / SCORES_FILE, columns=columns)
+
+
+def read_embeddings(round_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids as a str array, float16 matrix [n, hidden]) of the round's scored samples, sorted by id."""
+    import pyarrow.parquet as pq
+
+    path = Path(round_dir) / EMBEDDINGS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: score the round with scoring.embeddings=true")
+    table = pq.read_table(path)
+    column = table.column("embedding").combine_chunks()
+    width = column.type.list_size
+    vectors = column.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, width)
+    return np.asarray(table.column("id").to_pylist(), dtype=str), vectors

@@ -1,0 +1,66 @@
+"""Selection: which samples to fine-tune on, chosen by name from a registry of pure selectors.
+
+    from raysel.selection import select
+    sel = select("iterit", ifd, k=1000, n_rank=3000, ids=ids, features=tfidf_rows, gamma=0.1)
+    sel.selected            # indices of the k picks, best first
+    sel.order, sel.score    # the ranking continued to n_rank (the re-score pool), with score parts
+
+Selectors: iterit (IFD x n-gram diversity, lazy greedy), embedding (IFD x embedding diversity, FAISS,
+de-duplication), random, ifd (static top-k IFD), full, kcenter. The stage that reads scores and writes
+round-R/selection.parquet is raysel.selection.stage.select_round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from raysel.selection.base import Request, Selection
+from raysel.selection.baselines import select_full, select_ifd, select_random
+from raysel.selection.embedding import select_embedding, select_kcenter
+from raysel.selection.greedy import select_iterit
+
+log = logging.getLogger(__name__)
+
+SELECTORS: dict[str, Callable[[Request], Selection]] = {
+    "iterit": select_iterit,
+    "embedding": select_embedding,
+    "random": select_random,
+    "ifd": select_ifd,
+    "full": select_full,
+    "kcenter": select_kcenter,
+}
+
+__all__ = ["SELECTORS", "Request", "Selection", "get_selector", "select"]
+
+
+def get_selector(name: str) -> Callable[[Request], Selection]:
+    try:
+        return SELECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown selector {name!r}; choose one of: {', '.join(SELECTORS)}") from None
+
+
+def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=None, embeddings=None,
+           gamma: float = 0.1, ifd_max: float = 1.0, dedup_threshold: float | None = None,
+           seed: int = 0) -> Selection:
+    """Rank samples with the selector `name`; the first k of the ranking (up to n_rank >= k) are selected."""
+    selector = get_selector(name)
+    ids = np.asarray(ids, dtype=object)
+    ifd = np.full(len(ids), np.nan) if ifd is None else np.asarray(ifd, dtype=np.float64)
+    if len(ifd) != len(ids):
+        raise ValueError(f"ifd has {len(ifd)} values but there are {len(ids)} ids")
+    if k < 0 or (n_rank is not None and n_rank < 0):
+        raise ValueError(f"k and n_rank must be non-negative, got k={k}, n_rank={n_rank}")
+    n_rank = max(int(k), int(n_rank if n_rank is not None else k))
+    req = Request(ifd=ifd, k=int(k), n_rank=n_rank, ids=ids, features=features, embeddings=embeddings,
+                  gamma=gamma, ifd_max=ifd_max, dedup_threshold=dedup_threshold, seed=seed)
+    started = time.perf_counter()
+    selection = selector(req)
+    selection.stats["seconds"] = round(time.perf_counter() - started, 3)
+    log.info("%s: ranked %d, selected %d of %d in %.1fs", name, len(selection.order), selection.k, len(ids),
+             selection.stats["seconds"])
+    return selection

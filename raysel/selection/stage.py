@@ -1,0 +1,326 @@
+"""The selection stage: rows.parquet + round-R/scores.parquet -> round-R/selection.parquet, selected.jsonl.
+
+    summary = select_round(run / "rows.parquet", run / "round-0/scores.parquet", run / "round-0",
+                           cfg.selection, k=500, n_rank=1500, seed=0)
+    ranked, selected = ranked_ids(run / "round-0/selection.parquet")
+
+    python -m raysel.selection.stage --run-dir runs/x --round 0 --set selection.k=500
+
+It reads only the columns it needs (never the pool's text into the driver on the Ray path: hashed
+features are computed by Ray Data when a Ray session is up). selection.parquet has one row per row
+of rows.parquet, nothing dropped:
+
+    id, ifd, l_cond, l_prior   the scores (null where the row was not scored)
+    diversity, score           diversity gain at pick time and the ranking score (ranked rows only)
+    selected, rank             rank: 0 = best, over the ranked rows (the first k are selected)
+    reason                     null when selected; else "invalid: <ingestion reason>",
+                               "not in re-score pool", "unscored: <scoring reason>", "ifd>=max",
+                               "ifd invalid", "duplicate", "not selected"
+    duplicate_of               the id of the ranked sample a duplicate repeats
+
+selected.jsonl holds the selected rows' original records (`raw`), best first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysel.config import SelectionConfig, UserError
+from raysel.runs import atomic_output
+from raysel.selection import Selection, select
+
+log = logging.getLogger(__name__)
+
+SELECTION_FILE = "selection.parquet"
+SELECTED_FILE = "selected.jsonl"
+NEEDS_SCORES = {"iterit", "embedding", "ifd"}
+NEEDS_EMBEDDINGS = {"embedding", "kcenter"}
+
+SELECTION_SCHEMA = pa.schema([
+    ("id", pa.string()), ("ifd", pa.float64()), ("l_cond", pa.float64()), ("l_prior", pa.float64()),
+    ("diversity", pa.float64()), ("score", pa.float64()), ("selected", pa.bool_()), ("rank", pa.int64()),
+    ("reason", pa.string()), ("duplicate_of", pa.string()),
+])
+
+
+def selector_name(cfg: SelectionConfig) -> str:
+    """The registry name for a config: iterit with embedding diversity is the `embedding` selector."""
+    if cfg.method == "iterit" and cfg.diversity == "embedding":
+        return "embedding"
+    return cfg.method
+
+
+def select_round(rows_path, scores_path, out_dir, cfg: SelectionConfig, k: int, n_rank: int, seed: int,
+                 candidate_ids=None, embeddings=None, use_ray: bool | None = None) -> dict:
+    """Select k rows (ranking n_rank) and write selection.parquet and selected.jsonl into out_dir.
+
+    scores_path: a parquet file or a folder of them (None only for random and full).
+    candidate_ids: the re-score pool (None: every valid row). embeddings: (ids, matrix) for the
+    embedding diversity and kcenter. use_ray: featurise with Ray Data (default: if a session is up).
+    Returns a summary: counts per reason, mean IFD of the selection and of the pool, timings.
+    """
+    started = time.perf_counter()
+    name = selector_name(cfg)
+    rows = _read_rows(rows_path)
+    scores = _read_scores(scores_path, name)
+    pool = _pool(rows, scores, candidate_ids)
+    pool_ids = rows["id"][pool.index]
+    features, t_features = None, 0.0
+    if name == "iterit":
+        t0 = time.perf_counter()
+        order, features = _features(rows_path, pool_ids, cfg, use_ray)
+        pool.reorder(order)
+        pool_ids = rows["id"][pool.index]
+        t_features = time.perf_counter() - t0
+    vectors = _aligned_embeddings(embeddings, pool_ids) if name in NEEDS_EMBEDDINGS else None
+    t0 = time.perf_counter()
+    sel = select(name, pool.ifd, k, n_rank, ids=pool_ids, features=features, embeddings=vectors,
+                 gamma=cfg.diversity_decay, ifd_max=cfg.ifd_max, dedup_threshold=cfg.dedup_threshold, seed=seed)
+    t_select = time.perf_counter() - t0
+    del features, vectors
+    table = _selection_table(rows, scores, pool, sel)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / SELECTION_FILE) as tmp:
+        pq.write_table(table, tmp)
+    selected_ids = pool_ids[sel.selected]
+    _write_selected(rows_path, selected_ids, out_dir / SELECTED_FILE)
+    return _summary(name, table, pool, sel, t_features, t_select, time.perf_counter() - started)
+
+
+def ranked_ids(selection_path) -> tuple[list[str], list[str]]:
+    """(every ranked id, best first; the selected ids, best first) from a selection.parquet."""
+    table = pq.read_table(selection_path, columns=["id", "rank", "selected"])
+    rank = table.column("rank").to_numpy(zero_copy_only=False)
+    ranked = np.flatnonzero(~np.isnan(rank.astype(np.float64)))
+    ranked = ranked[np.argsort(rank[ranked].astype(np.int64), kind="stable")]
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)
+    selected = np.asarray(table.column("selected").to_pylist(), dtype=bool)
+    return ids[ranked].tolist(), ids[ranked[selected[ranked]]].tolist()
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _read_rows(rows_path) -> dict[str, np.ndarray]:
+    table = pq.read_table(rows_path, columns=["id", "status", "reason"])
+    return {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
+
+
+def _read_scores(scores_path, name: str) -> dict[str, np.ndarray] | None:
+    if scores_path is None:
+        if name in NEEDS_SCORES:
+            raise UserError(f"selection method {name!r} needs scores: score the round first (raysel score)")
+        return None
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(scores_path), format="parquet")
+    missing = {"id", "status", "ifd"} - set(dataset.schema.names)
+    if missing:
+        raise UserError(f"{scores_path}: scores lack the column(s) {sorted(missing)}")
+    wanted = [c for c in ("id", "status", "reason", "l_cond", "l_prior", "ifd") if c in dataset.schema.names]
+    table = dataset.to_table(columns=wanted)
+    out = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in ("id", "status", "reason")
+           if c in wanted}
+    out.setdefault("reason", np.full(table.num_rows, None, dtype=object))
+    for c in ("l_cond", "l_prior", "ifd"):
+        col = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) if c in wanted else None
+        out[c] = col if col is not None else np.full(table.num_rows, np.nan)
+    if len(set(out["id"])) != table.num_rows:
+        raise UserError(f"{scores_path}: an id is scored more than once")
+    return out
+
+
+class _Pool:
+    """The rows that can be ranked (indices into rows.parquet), with their IFD, and every other row's reason."""
+
+    def __init__(self, index: np.ndarray, ifd: np.ndarray, reason: np.ndarray, score_row: np.ndarray):
+        self.index, self.ifd = index, ifd
+        self.reason = reason  # per row of rows.parquet: why it is not in the pool, or None
+        self.score_row = score_row  # per row of rows.parquet: its row in the scores, or -1
+
+    def reorder(self, order: np.ndarray) -> None:
+        self.index, self.ifd = self.index[order], self.ifd[order]
+
+
+def _pool(rows, scores, candidate_ids) -> _Pool:
+    import pandas as pd
+
+    n = len(rows["id"])
+    reason = np.full(n, None, dtype=object)
+    invalid = rows["status"] != "valid"
+    reason[invalid] = ["invalid: " + str(r) for r in rows["reason"][invalid]]
+    if candidate_ids is not None:
+        in_pool = pd.Index(rows["id"]).isin(list(candidate_ids))
+        reason[~invalid & ~in_pool] = "not in re-score pool"
+    score_row = np.full(n, -1, dtype=np.int64)
+    if scores is not None:
+        score_row = np.asarray(pd.Index(scores["id"]).get_indexer(rows["id"]), dtype=np.int64)
+        open_rows = pd.isna(reason)
+        unscored = open_rows & (score_row < 0)
+        reason[unscored] = "unscored: not scored"
+        bad = open_rows & (score_row >= 0)
+        bad &= scores["status"][np.maximum(score_row, 0)] != "scored"
+        reason[bad] = ["unscored: " + str(r) for r in scores["reason"][score_row[bad]]]
+    index = np.flatnonzero(pd.isna(reason))
+    ifd = scores["ifd"][score_row[index]] if scores is not None else np.full(len(index), np.nan)
+    return _Pool(index, np.asarray(ifd, dtype=np.float64), reason, score_row)
+
+
+def _features(rows_path, pool_ids: np.ndarray, cfg: SelectionConfig, use_ray: bool | None):
+    """(order, CSR): TF-IDF rows of the pool's responses; pool[order] is the features' row order."""
+    import pandas as pd
+
+    from raysel.selection import features as feat
+
+    if use_ray is None:
+        import ray
+
+        use_ray = ray.is_initialized()
+    if cfg.features == "hashed" and use_ray:
+        import ray.data
+
+        dataset = ray.data.read_parquet(str(rows_path), columns=["id", "response"])
+        ids, matrix = feat.hashed_tfidf_ray(dataset, cfg.n_features, keep_ids=pool_ids)
+        order = np.asarray(pd.Index(pool_ids).get_indexer(ids), dtype=np.int64)
+        if len(ids) != len(pool_ids) or (order < 0).any():
+            raise UserError(f"{rows_path}: ids are not unique, so responses cannot be matched to scores")
+        return order, matrix
+    table = pq.read_table(rows_path, columns=["id", "response"])
+    at = np.asarray(pd.Index(table.column("id").to_pylist()).get_indexer(pool_ids), dtype=np.int64)
+    texts = table.column("response").take(pa.array(at)).to_pylist()
+    del table
+    return np.arange(len(pool_ids)), feat.tfidf([t or "" for t in texts], cfg.features, cfg.n_features)
+
+
+def _aligned_embeddings(embeddings, pool_ids: np.ndarray) -> np.ndarray:
+    import pandas as pd
+
+    if embeddings is None:
+        raise UserError("embedding diversity and kcenter need embeddings: score with scoring.embeddings=true")
+    ids, matrix = embeddings
+    at = np.asarray(pd.Index(np.asarray(ids, dtype=object)).get_indexer(pool_ids), dtype=np.int64)
+    if (at < 0).any():
+        raise UserError(f"{int((at < 0).sum())} candidate rows have no embedding (e.g. {pool_ids[at < 0][0]!r}); "
+                        "re-score the round with scoring.embeddings=true")
+    return matrix[at]
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _selection_table(rows, scores, pool: _Pool, sel: Selection) -> pa.Table:
+    n = len(rows["id"])
+    score_parts = {c: np.full(n, np.nan) for c in ("ifd", "l_cond", "l_prior")}
+    if scores is not None:
+        has = pool.score_row >= 0
+        for c in score_parts:
+            score_parts[c][has] = scores[c][pool.score_row[has]]
+    ranked_rows = pool.index[sel.order]
+    diversity, score = np.full(n, np.nan), np.full(n, np.nan)
+    diversity[ranked_rows], score[ranked_rows] = sel.diversity, sel.score
+    rank = np.full(n, -1, dtype=np.int64)
+    rank[ranked_rows] = np.arange(len(sel.order))
+    selected = np.zeros(n, dtype=bool)
+    selected[pool.index[sel.selected]] = True
+    reason = pool.reason.copy()
+    reason[pool.index] = [r if r is not None else "not selected" for r in sel.reason]
+    reason[selected] = None
+    duplicate_of = np.full(n, None, dtype=object)
+    dup = np.flatnonzero(sel.duplicate_of >= 0)
+    duplicate_of[pool.index[dup]] = rows["id"][pool.index[sel.duplicate_of[dup]]]
+    return pa.table({
+        "id": pa.array(rows["id"], pa.string()),
+        **{c: pa.array(v, pa.float64(), from_pandas=True) for c, v in score_parts.items()},
+        "diversity": pa.array(diversity, pa.float64(), from_pandas=True),
+        "score": pa.array(score, pa.float64(), from_pandas=True),
+        "selected": pa.array(selected, pa.bool_()),
+        "rank": pa.array(rank, pa.int64(), mask=rank < 0),
+        "reason": pa.array(reason, pa.string()),
+        "duplicate_of": pa.array(duplicate_of, pa.string()),
+    }, schema=SELECTION_SCHEMA)
+
+
+def _write_selected(rows_path, selected_ids: np.ndarray, path: Path) -> None:
+    """The selected rows' original records, best first, one JSON object a line."""
+    wanted = selected_ids.tolist()
+    table = pq.read_table(rows_path, columns=["id", "raw"], filters=[("id", "in", wanted)] if wanted else None)
+    raw = dict(zip(table.column("id").to_pylist(), table.column("raw").to_pylist(), strict=True))
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for i in wanted:
+            text = raw[i]
+            if "\n" in text:  # keep one record a line
+                text = json.dumps(json.loads(text), ensure_ascii=False)
+            out.write(text + "\n")
+
+
+def _summary(name, table: pa.Table, pool: _Pool, sel: Selection, t_features, t_select, t_total) -> dict:
+    reasons = Counter(r.split(":")[0] if r else "selected" for r in table.column("reason").to_pylist())
+    ifd_selected = pool.ifd[sel.selected]
+    return {
+        "method": name, "rows": table.num_rows, "pool": len(pool.index), "ranked": len(sel.order),
+        "selected": int(sel.k), "reasons": dict(reasons),
+        "mean_ifd_selected": _mean(ifd_selected), "mean_ifd_pool": _mean(pool.ifd),
+        "featurize_s": round(t_features, 3), "select_s": round(t_select, 3), "total_s": round(t_total, 3),
+    }
+
+
+def _mean(x: np.ndarray) -> float | None:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else None
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`raysel select`: run the selection stage alone on a run directory's round."""
+    from raysel.cli import add_config_args, config_from_args, setup_logging
+    from raysel.config import resolve_k
+
+    parser = argparse.ArgumentParser(prog="raysel select", description=main.__doc__)
+    add_config_args(parser)
+    parser.add_argument("--round", type=int, default=0, help="round R: reads and writes RUN_DIR/round-R (default 0)")
+    parser.add_argument("--scores", metavar="PATH", help="scores file or folder (default RUN_DIR/round-R/scores.parquet)")
+    parser.add_argument("--candidates", metavar="FILE", help="re-score pool: a text file of ids, one a line")
+    parser.add_argument("--n-rank", type=int, help="how far to rank (default selection.rescore_factor * k)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_from_args(args)
+        if not cfg.run.dir:
+            raise UserError("--run-dir is required: the run directory holding rows.parquet")
+        run_dir = Path(cfg.run.dir)
+        round_dir = run_dir / f"round-{args.round}"
+        scores = Path(args.scores) if args.scores else round_dir / "scores.parquet"
+        rows = pq.read_table(run_dir / "rows.parquet", columns=["status"]).column("status").to_pylist()
+        k = resolve_k(cfg.selection.k, sum(s == "valid" for s in rows))
+        n_rank = args.n_rank or max(k, round(cfg.selection.rescore_factor * k))
+        candidates = Path(args.candidates).read_text().split() if args.candidates else None
+        embeddings = None
+        if selector_name(cfg.selection) in NEEDS_EMBEDDINGS:
+            from raysel.scoring import read_embeddings
+
+            embeddings = read_embeddings(scores.parent)
+        summary = select_round(run_dir / "rows.parquet", scores if scores.exists() else None, round_dir,
+                               cfg.selection, k=k, n_rank=n_rank, seed=cfg.run.seed + args.round,
+                               candidate_ids=candidates, embeddings=embeddings)
+    except (UserError, FileNotFoundError) as e:
+        print(f"raysel select: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

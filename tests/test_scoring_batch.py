@@ -1,0 +1,191 @@
+"""Batched IFD scoring (no Ray): batched equals one-at-a-time, both equal a full-logits oracle,
+truncation and invalid samples follow ALGORITHMS.md 1.1, embeddings ignore padding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raysel.config import ScoringConfig
+from raysel.models import load_model, load_tokenizer
+from raysel.scoring.batch import BatchScorer, encode_sample, plan_micro_batches
+from raysel.scoring.stage import plan_actors
+from raysel.templates import render, render_plain
+
+SAMPLES = [
+    ([{"role": "user", "content": "What is 12 plus 30?"}], "The answer is 42."),
+    ([{"role": "user", "content": "Hi"}], "def add(a, b):\n    return a + b\n" * 12),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], "Paris."),
+    ([{"role": "user", "content": "Count the apples. " * 15}], "First, count. Then subtract. So 5 - 2 = 3."),
+    ([{"role": "user", "content": "x"}], "y"),
+]
+
+
+@pytest.fixture(scope="module", params=["chat", "plain"])
+def model_and_tokenizer(request, tiny_model_dir, tiny_model_dir_plain):
+    path = str(tiny_model_dir if request.param == "chat" else tiny_model_dir_plain)
+    return load_model(path), load_tokenizer(path)
+
+
+# --- the oracle: full logits, one sample, one text at a time ------------------------------------
+
+def answer_nll(model, ids: list[int], start: int, n: int) -> float:
+    """Mean NLL of ids[start:start+n] from the full [1, seq, vocab] logits of one forward pass."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    return -sum(logp[t - 1, ids[t]].item() for t in range(start, start + n)) / n
+
+
+def reference_ifd(model, tokenizer, prompt, response, max_length, prior_context="template"):
+    cond = render(tokenizer, prompt, response, max_length)
+    if prior_context == "template":
+        prior = render(tokenizer, [], response, max_length)
+    else:
+        prior = render_plain(tokenizer, response, max_length)
+    # The same leading answer tokens in both texts (the plain prior has no end-of-turn token).
+    n = min(cond.n_answer, prior.n_answer)
+    l_cond = answer_nll(model, cond.input_ids, cond.answer_start, n)
+    l_prior = answer_nll(model, prior.input_ids, prior.answer_start, n)
+    return l_cond, l_prior, math.exp(l_cond - l_prior), n
+
+
+# --- batched versus one at a time, versus the oracle ------------------------------------------------
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_scores_equal_one_sample_at_a_time(model_and_tokenizer, padding_side):
+    model, tokenizer = model_and_tokenizer
+    # A small token budget and LM-head chunk force several micro-batches and chunks.
+    scorer = BatchScorer(model, tokenizer, max_length=256, padding_side=padding_side, token_budget=600,
+                         lm_head_chunk=16)
+    batched = scorer.score(SAMPLES)
+    assert scorer.stats["padded_tokens"] > scorer.stats["forward_tokens"]  # padding really happened
+    for sample, got in zip(SAMPLES, batched, strict=True):
+        alone = BatchScorer(model, tokenizer, max_length=256).score([sample])[0]
+        assert got.status == alone.status == "scored"
+        assert got.n_answer_tokens == alone.n_answer_tokens
+        assert got.l_cond == pytest.approx(alone.l_cond, abs=1e-4)
+        assert got.l_prior == pytest.approx(alone.l_prior, abs=1e-4)
+        assert got.ifd == pytest.approx(alone.ifd, abs=1e-4)
+        torch.testing.assert_close(got.embedding, alone.embedding, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("prior_context", ["template", "plain"])
+def test_ifd_matches_full_logits_reference(model_and_tokenizer, prior_context):
+    model, tokenizer = model_and_tokenizer
+    scores = BatchScorer(model, tokenizer, max_length=256, prior_context=prior_context).score(SAMPLES)
+    for (prompt, response), got in zip(SAMPLES, scores, strict=True):
+        l_cond, l_prior, ifd, n = reference_ifd(model, tokenizer, prompt, response, 256, prior_context)
+        assert got.n_answer_tokens == n
+        assert got.l_cond == pytest.approx(l_cond, abs=1e-4)
+        assert got.l_prior == pytest.approx(l_prior, abs=1e-4)
+        assert got.ifd == pytest.approx(ifd, abs=1e-4)
+        assert not got.truncated
+
+
+def test_truncation_scores_the_surviving_answer_tokens_in_both_texts(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    prompt, response = SAMPLES[1]
+    full = render(tokenizer, prompt, response, 10_000)
+    max_length = full.answer_start + 7  # keeps exactly 7 answer tokens of the conditioned text
+    got = BatchScorer(model, tokenizer, max_length=max_length).score([(prompt, response)])[0]
+    assert got.status == "scored" and got.truncated and got.n_answer_tokens == 7
+    l_cond, l_prior, ifd, n = reference_ifd(model, tokenizer, prompt, response, max_length)
+    assert n == 7
+    assert (got.l_cond, got.l_prior, got.ifd) == pytest.approx((l_cond, l_prior, ifd), abs=1e-4)
+    # The prior text keeps only the scored answer tokens: nothing after them is computed.
+    e = encode_sample(tokenizer, prompt, response, max_length)
+    assert len(e.prior_ids) == e.prior_start + 7
+
+
+def test_no_answer_token_left_is_invalid_with_a_reason_not_nan(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    long_prompt = [{"role": "user", "content": "The quick brown fox. " * 40}]
+    scores = BatchScorer(model, tokenizer, max_length=64).score([(long_prompt, "ok"), SAMPLES[0]])
+    bad, good = scores
+    assert bad.status == "invalid" and "max_length=64" in bad.reason
+    assert bad.l_cond is None and bad.ifd is None and bad.n_answer_tokens == 0 and bad.embedding is None
+    assert good.status == "scored" and math.isfinite(good.ifd)
+
+
+def test_answer_starting_at_token_zero_skips_that_token(tiny_model_dir):
+    _, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    e = encode_sample(tokenizer, [], "hello", 64, prior_context="plain")
+    assert e.prior_start >= 1 and e.cond_start >= 1
+
+
+# --- embeddings -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_masked_mean_embedding_ignores_padding(model_and_tokenizer, padding_side, layer):
+    model, tokenizer = model_and_tokenizer
+    short = SAMPLES[0]
+    alone = BatchScorer(model, tokenizer, embedding_layer=layer).score([short])[0].embedding
+    padded = BatchScorer(model, tokenizer, embedding_layer=layer, padding_side=padding_side)
+    with_long = padded.score([short, SAMPLES[1]])[0].embedding  # the long sample pads the short one
+    assert padded.stats["padded_tokens"] > padded.stats["forward_tokens"]
+    torch.testing.assert_close(with_long, alone, atol=1e-5, rtol=1e-5)
+    # Oracle: the mean over every token of the conditioned text of the chosen hidden state.
+    ids = encode_sample(tokenizer, *short, 1024).cond_ids
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    torch.testing.assert_close(alone, out.hidden_states[layer][0].mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_can_be_turned_off(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    assert BatchScorer(model, tokenizer, embeddings=False).score(SAMPLES[:2])[0].embedding is None
+
+
+def test_embedding_layer_out_of_range_is_an_error(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(ValueError, match="out of range"):
+        BatchScorer(model, tokenizer, embedding_layer=5)
+
+
+# --- PEFT-wrapped models --------------------------------------------------------------------------
+
+def test_lora_wrapped_model_scores_like_its_full_logits(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(load_model(str(tiny_model_dir)), lora).eval()
+    base = load_model(str(tiny_model_dir))
+    got = BatchScorer(model, tokenizer).score(SAMPLES[:2])
+    untuned = BatchScorer(base, tokenizer).score(SAMPLES[:2])
+    for (prompt, response), g, u in zip(SAMPLES[:2], got, untuned, strict=True):
+        l_cond, l_prior, ifd, _ = reference_ifd(model, tokenizer, prompt, response, 1024)
+        assert (g.l_cond, g.l_prior) == pytest.approx((l_cond, l_prior), abs=1e-4)
+        assert abs(g.l_cond - u.l_cond) > 1e-3  # the adapter really took part
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+def test_micro_batches_respect_the_token_budget_and_cover_every_sequence():
+    lengths = [5, 300, 17, 17, 90, 1, 64, 64, 64, 200, 1000]
+    batches = plan_micro_batches(lengths, token_budget=256, max_seqs=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        width = max(lengths[i] for i in b)
+        assert len(b) == 1 or (len(b) * width <= 256 and len(b) <= 3)
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+
+
+def test_actor_plan_uses_one_gpu_per_actor_or_fills_the_cpus():
+    gpu = plan_actors(ScoringConfig(), {"CPU": 32, "GPU": 4})
+    assert (gpu.num_actors, gpu.num_gpus, gpu.device) == (4, 1, "cuda")
+    two = plan_actors(ScoringConfig(), {"CPU": 2})
+    assert (two.num_actors, two.threads, two.num_cpus, two.device) == (1, 2, 2, "cpu")
+    big = plan_actors(ScoringConfig(), {"CPU": 64})
+    assert big.num_actors * big.threads == 64
+    forced = plan_actors(ScoringConfig(num_actors=2, cpus_per_actor=1), {"CPU": 2})
+    assert (forced.num_actors, forced.threads) == (2, 1)
+    from raysel.config import ConfigError
+
+    with pytest.raises(ConfigError, match="needs 6 CPUs"):
+        plan_actors(ScoringConfig(num_actors=3, cpus_per_actor=2), {"CPU": 4})

@@ -1,0 +1,123 @@
+"""The selection stage: files in, selection.parquet (one row per pool row) and selected.jsonl out."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raysel.config import SelectionConfig, UserError
+from raysel.selection import synthetic
+from raysel.selection.stage import main, ranked_ids, select_round
+
+N = 120
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    """rows.parquet (5 invalid rows) and round-0/scores.parquet (3 scoring failures, some IFD >= 1)."""
+    texts = synthetic.responses(N, seed=21)
+    ids = [f"row-{i:03d}" for i in range(N)]
+    invalid = set(range(0, N, 24))
+    rows = pa.table({
+        "id": ids,
+        "status": ["invalid" if i in invalid else "valid" for i in range(N)],
+        "reason": ["empty output" if i in invalid else None for i in range(N)],
+        "source": ["pool.jsonl"] * N,
+        "source_row": list(range(N)),
+        "prompt": [[{"role": "user", "content": f"question {i}"}] for i in range(N)],
+        "response": texts,
+        "raw": [json.dumps({"instruction": f"question {i}", "output": t}) for i, t in enumerate(texts)],
+    })
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    scored = [i for i in range(N) if i not in invalid]
+    failed = set(scored[:3])
+    ifd = synthetic.ifd_scores(N, seed=22)
+    scores = pa.table({
+        "id": [ids[i] for i in scored],
+        "status": ["invalid" if i in failed else "scored" for i in scored],
+        "reason": ["prompt longer than max_length" if i in failed else None for i in scored],
+        "l_cond": [None if i in failed else 1.0 for i in scored],
+        "l_prior": [None if i in failed else 1.0 - float(np.log(ifd[i])) for i in scored],
+        "ifd": [None if i in failed else float(ifd[i]) for i in scored],
+        "n_answer_tokens": [0 if i in failed else 50 for i in scored],
+        "truncated": [False] * len(scored),
+    })
+    (tmp_path / "round-0").mkdir()
+    pq.write_table(scores, tmp_path / "round-0" / "scores.parquet")
+    return tmp_path
+
+
+def _run(run_dir, cfg, k=10, n_rank=30, **kwargs):
+    summary = select_round(run_dir / "rows.parquet", run_dir / "round-0" / "scores.parquet", run_dir / "round-0",
+                           cfg, k=k, n_rank=n_rank, seed=0, **kwargs)
+    return summary, pq.read_table(run_dir / "round-0" / "selection.parquet").to_pylist()
+
+
+def test_iterit_round_writes_every_row_with_a_reason(run_dir):
+    summary, table = _run(run_dir, SelectionConfig(features="exact"), use_ray=False)
+    assert len(table) == N  # nothing disappears
+    by_reason = {}
+    for row in table:
+        by_reason.setdefault((row["reason"] or "selected").split(":")[0], []).append(row)
+    assert len(by_reason["selected"]) == 10 and len(by_reason["invalid"]) == 5 and len(by_reason["unscored"]) == 3
+    assert all(r["ifd"] >= 1.0 for r in by_reason["ifd>=max"])
+    assert {r["rank"] for r in by_reason["selected"]} == set(range(10))
+    assert sorted(r["rank"] for r in table if r["rank"] is not None) == list(range(30))
+    assert all(r["diversity"] > 0 and r["score"] == pytest.approx(r["ifd"] * r["diversity"])
+               for r in by_reason["selected"])
+    assert by_reason["invalid"][0]["reason"] == "invalid: empty output"
+    assert by_reason["unscored"][0]["reason"] == "unscored: prompt longer than max_length"
+    assert summary["selected"] == 10 and summary["reasons"]["selected"] == 10
+    assert summary["mean_ifd_selected"] is not None and "seconds" not in summary  # the run records seconds
+
+    ranked, selected = ranked_ids(run_dir / "round-0" / "selection.parquet")
+    assert len(ranked) == 30 and selected == ranked[:10]
+    lines = (run_dir / "round-0" / "selected.jsonl").read_text().splitlines()
+    outputs = {r["id"]: r for r in pq.read_table(run_dir / "rows.parquet").to_pylist()}
+    assert [json.loads(x)["output"] for x in lines] == [outputs[i]["response"] for i in selected]
+
+
+def test_rescore_pool_limits_the_candidates(run_dir):
+    pool = [f"row-{i:03d}" for i in range(1, 60)]
+    _, table = _run(run_dir, SelectionConfig(method="ifd"), candidate_ids=pool)
+    outside = [r for r in table if r["id"] not in pool and not (r["reason"] or "").startswith("invalid")]
+    assert outside and all(r["reason"] == "not in re-score pool" for r in outside)
+    assert all(r["id"] in pool for r in table if r["selected"])
+
+
+def test_ray_featurisation_gives_the_same_selection(run_dir, ray_session):
+    cfg = SelectionConfig(features="hashed", n_features=2**18)
+    _, local = _run(run_dir, cfg, use_ray=False)
+    _, on_ray = _run(run_dir, cfg, use_ray=True)
+    assert local == on_ray
+
+
+def test_embedding_diversity_with_dedup(run_dir):
+    ids = np.array([f"row-{i:03d}" for i in range(N)])
+    vectors = synthetic.embeddings(N, dim=16, seed=23)
+    a, b = [r["id"] for r in _run(run_dir, SelectionConfig(method="ifd"))[1] if r["selected"]][:2]
+    vectors[int(a[4:])] = vectors[int(b[4:])]  # a planted duplicate pair, both eligible
+    cfg = SelectionConfig(diversity="embedding", dedup_threshold=0.99)
+    _, table = _run(run_dir, cfg, k=N, n_rank=N, embeddings=(ids[::-1], vectors[::-1]))
+    dups = [(r["id"], r["duplicate_of"]) for r in table if r["reason"] == "duplicate"]
+    assert dups in ([(a, b)], [(b, a)])
+    assert not any(r["selected"] for r in table if r["id"] == dups[0][0])
+
+
+def test_methods_without_scores(run_dir):
+    cfg = SelectionConfig(method="full")
+    summary = select_round(run_dir / "rows.parquet", None, run_dir / "full", cfg, k=1, n_rank=1, seed=0)
+    assert summary["selected"] == N - 5
+    with pytest.raises(UserError, match="needs scores"):
+        select_round(run_dir / "rows.parquet", None, run_dir / "x", SelectionConfig(), k=1, n_rank=1, seed=0)
+    with pytest.raises(UserError, match="embeddings"):
+        _run(run_dir, SelectionConfig(method="kcenter"))
+
+
+def test_command_line_select(run_dir, capsys):
+    assert main(["--run-dir", str(run_dir), "--set", "selection.k=12", "--set", "selection.method=ifd"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["selected"] == 12 and summary["ranked"] == 36
+    assert main(["--run-dir", str(run_dir / "missing")]) == 2
