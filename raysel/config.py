@@ -55,10 +55,10 @@ class ScoringConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, see scoring.py on CPU
     # Samples per Ray Data batch: the block sorted by length and cut into forward micro-batches.
     batch_size: int = 256
-    # Padded tokens per forward micro-batch (0: 8192 on CPU, 65536 on GPU); bigger means better matmuls.
+    # Padded tokens per forward micro-batch (0: 512 on CPU, 65536 on GPU).
     tokens_per_forward: int = 0
     num_actors: int = 0  # 0: one per GPU, or enough CPU actors to fill the cluster
-    cpus_per_actor: int = 0  # torch threads per CPU actor (0: up to 4, see raysel/scoring/stage.py)
+    cpus_per_actor: int = 0  # torch threads per CPU actor (0: CPUs / actors, see raysel/scoring/stage.py)
     embeddings: bool = True  # pooled hidden states, from the same forward pass
     embedding_layer: int = -1  # hidden-state layer to pool (-1: last)
     lm_head_chunk: int = 2048  # answer positions per LM-head/cross-entropy chunk

@@ -3,10 +3,12 @@ resume after a real kill, and submission to a real Ray cluster with `ray job sub
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,11 +116,16 @@ def _free_port() -> int:
 
 
 def test_ray_job_submit_to_a_running_cluster(tmp_path):
+    import secrets
+
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # `ray start` turns token authentication on; give the cluster and the client the same token.
+    env = {**job_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     gcs, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             f"--temp-dir={tmp_path / 'ray'}"], env=job_env(), start_new_session=True,
+                             f"--temp-dir={temp}"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "run"
     try:
@@ -127,25 +134,30 @@ def test_ray_job_submit_to_a_running_cluster(tmp_path):
         out = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", ".", "--",
                               "python", "jobs/iterit.py", "--config", "configs/tiny.yaml", "--run-dir",
                               str(run_dir), "--set", "selection.rounds=1"],
-                             cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=900)
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
         assert "succeeded" in out.stdout
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
     assert (run_dir / "round-0" / "checkpoint").exists()
     assert json.loads((run_dir / "manifest.json").read_text())["finished"]
 
 
 def _wait_for_dashboard(address: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.error
     import urllib.request
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert head.poll() is None, "ray start --head exited"
+        assert head.poll() is None, f"ray start --head exited with {head.returncode}"
         try:
             with urllib.request.urlopen(f"{address}/api/version", timeout=2):
                 return
+        except urllib.error.HTTPError:  # it answers (401 without the token): it is up
+            return
         except OSError:
             time.sleep(1)
     raise TimeoutError("the Ray dashboard did not come up")

@@ -180,9 +180,11 @@ def test_actor_plan_uses_one_gpu_per_actor_or_fills_the_cpus():
     gpu = plan_actors(ScoringConfig(), {"CPU": 32, "GPU": 4})
     assert (gpu.num_actors, gpu.num_gpus, gpu.device) == (4, 1, "cuda")
     two = plan_actors(ScoringConfig(), {"CPU": 2})
-    assert (two.num_actors, two.threads, two.num_cpus, two.device) == (1, 2, 2, "cpu")
+    assert (two.num_actors, two.threads, two.num_cpus, two.device) == (2, 1, 1, "cpu")
     big = plan_actors(ScoringConfig(), {"CPU": 64})
-    assert big.num_actors * big.threads == 64
+    assert (big.num_actors, big.threads) == (8, 8)
+    wide = plan_actors(ScoringConfig(cpus_per_actor=2), {"CPU": 2})
+    assert (wide.num_actors, wide.threads, wide.num_cpus) == (1, 2, 2)
     forced = plan_actors(ScoringConfig(num_actors=2, cpus_per_actor=1), {"CPU": 2})
     assert (forced.num_actors, forced.threads) == (2, 1)
     from raysel.config import ConfigError

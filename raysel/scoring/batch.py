@@ -10,8 +10,8 @@ How it stays fast:
   and are cut into forward micro-batches under a padded-token budget: little padding, big matmuls.
 - The LM head and the cross-entropy run on the answer positions only, a chunk at a time: the
   full [batch, sequence, vocabulary] logits tensor never exists.
-- With right padding no attention mask is passed: causal attention never lets a real token see
-  the padding after it, so the fast `is_causal` attention path gives exact results.
+- With right padding no attention mask (and no position ids) is passed: causal attention never
+  lets a real token see the padding after it, so the fast `is_causal` attention path is exact.
 - The embedding is pooled from the same forward pass (one selected hidden-state layer).
 """
 
@@ -191,9 +191,12 @@ class BatchScorer:
         width = ids.shape[1]
         self.stats["forward_tokens"] += int(mask.sum())
         self.stats["padded_tokens"] += ids.numel()
-        kwargs = {"use_cache": False, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        kwargs = {"use_cache": False}
         if self.padding_side == "left":
-            kwargs["attention_mask"] = mask  # right padding needs none: causal attention never looks ahead
+            kwargs.update(attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        # Right padding needs neither: causal attention never lets a real token see the padding
+        # after it, and default positions are right for real tokens. (Repeated position ids on
+        # the padding would make transformers think the batch is packed and build a full mask.)
         if self.embeddings and self.layer is not None:
             kwargs["output_hidden_states"] = [self.layer]  # keeps this one layer only
         out = self.body(input_ids=ids, **kwargs)

@@ -38,11 +38,17 @@ SCORES_SCHEMA = pa.schema([
     ("n_answer_tokens", pa.int32()), ("truncated", pa.bool_()),
 ])
 
-# Threads per CPU actor when the config leaves it open. On the 2-core box one actor with two
-# threads beat two single-thread actors (one model copy, bigger matmuls); on big nodes several
-# actors of a few threads each scale better than one wide actor (see benchmarks/scoring.py).
-MAX_AUTO_THREADS = 4
-CPU_TOKENS_PER_FORWARD = 8192
+# CPU actors when the config leaves it open: at most MAX_AUTO_CPU_ACTORS model copies, the
+# node's CPUs shared out as torch threads among them. On the 2-core box that is two actors of one
+# thread: a multi-threaded op waits at a barrier for its slowest thread, and on a busy machine a
+# descheduled thread stalls every op (2 threads scored 60-70 tokens/s under load where 1 thread
+# scored 300-760); one single-threaded actor per core never waits on another.
+MAX_AUTO_CPU_ACTORS = 8
+# Forward micro-batch sizes. On CPU small micro-batches are faster per token: their activations
+# stay in the core's cache, and AMX/AVX-512 matmuls are already efficient at a few hundred rows
+# (one thread, SmolLM2, demo pool: 256 -> 709, 512 -> 813, 1024 -> 761, 2048 -> 654 tokens/s).
+# On GPU bigger batches keep the device busy.
+CPU_TOKENS_PER_FORWARD = 512
 GPU_TOKENS_PER_FORWARD = 65536
 
 
@@ -61,13 +67,14 @@ def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
     """One actor per GPU; without GPUs, CPU actors of a few threads each that fill the cluster."""
     if scoring.num_actors < 0 or scoring.cpus_per_actor < 0:
         raise ConfigError("scoring.num_actors and scoring.cpus_per_actor must be 0 (auto) or positive")
-    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
     if gpus:
         n = scoring.num_actors or gpus
-        threads = scoring.cpus_per_actor or max(1, min(MAX_AUTO_THREADS, cpus // n))
+        threads = scoring.cpus_per_actor or max(1, min(4, cpus // n))  # tokenisation, host-side work
         return ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda")
-    threads = scoring.cpus_per_actor or max(1, min(MAX_AUTO_THREADS, cpus // max(1, scoring.num_actors)))
-    n = scoring.num_actors or max(1, cpus // threads)
+    n = scoring.num_actors or (max(1, cpus // scoring.cpus_per_actor) if scoring.cpus_per_actor
+                               else min(cpus, MAX_AUTO_CPU_ACTORS))
+    threads = scoring.cpus_per_actor or max(1, cpus // n)
     if n * threads > cpus:
         raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
                           f"the cluster has {cpus}: lower one of them (0 picks automatically)")
@@ -151,11 +158,13 @@ def score_table(scorer, rows: pa.Table) -> pa.Table:
 
 
 def _embedding_column(results, width: int) -> pa.FixedSizeListArray:
-    """float16 vectors; zeros for invalid samples (they are dropped before writing)."""
+    """float16 vectors; zeros for invalid samples (they are dropped before writing). Values are
+    clipped to float16's range: a few hidden-state dimensions of big models can be huge."""
+    fp16_max = float(np.finfo(np.float16).max)
     matrix = np.zeros((len(results), width), dtype=np.float16)
     for i, r in enumerate(results):
         if r.embedding is not None:
-            matrix[i] = r.embedding.numpy()
+            matrix[i] = np.clip(r.embedding.numpy(), -fp16_max, fp16_max)
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), width)
 
 

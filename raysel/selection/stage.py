@@ -45,6 +45,7 @@ SELECTION_FILE = "selection.parquet"
 SELECTED_FILE = "selected.jsonl"
 NEEDS_SCORES = {"iterit", "embedding", "ifd"}
 NEEDS_EMBEDDINGS = {"embedding", "kcenter"}
+RAY_FEATURIZE_MIN_ROWS = 50_000  # below this, hashed features are computed in the driver
 
 SELECTION_SCHEMA = pa.schema([
     ("id", pa.string()), ("ifd", pa.float64()), ("l_cond", pa.float64()), ("l_prior", pa.float64()),
@@ -183,10 +184,10 @@ def _features(rows_path, pool_ids: np.ndarray, cfg: SelectionConfig, use_ray: bo
 
     from raysel.selection import features as feat
 
-    if use_ray is None:
+    if use_ray is None:  # Ray Data's start-up costs more than hashing a small pool in process
         import ray
 
-        use_ray = ray.is_initialized()
+        use_ray = ray.is_initialized() and len(pool_ids) >= RAY_FEATURIZE_MIN_ROWS
     if cfg.features == "hashed" and use_ray:
         import ray.data
 
