@@ -39,6 +39,8 @@ def parse_args():
     p.add_argument("--tokens-per-forward", type=int, default=0, help="0: raysel's default for the device")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--group", type=int, default=100, help="samples per turn of raysel and the reference")
+    p.add_argument("--pipeline", type=int, default=0,
+                   help="also run the Ray Data stage (score_pool, auto actor plan) on this many demo rows")
     p.add_argument("--drift-samples", type=int, default=64, help="samples scored in fp32 and bf16 (0: skip)")
     return p.parse_args()
 
@@ -189,6 +191,42 @@ def drift(args, samples, device: str) -> dict:
     return out
 
 
+def pipeline(args) -> dict:
+    """The whole stage on a local Ray cluster: ingest demo rows, score_pool with the auto plan.
+    Its time includes starting the actors and loading the model in each."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+
+    from raysel.config import Config, ModelConfig, PoolConfig
+    from raysel.demo_pool import ensure_demo_pool
+    from raysel.models import load_tokenizer
+    from raysel.pool import ingest, read_rows
+    from raysel.scoring import score_pool
+    from raysel.scoring.batch import encode_sample
+
+    ray.init(include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows_path = Path(tmp) / "rows.parquet"
+            ingest(PoolConfig(path=str(ensure_demo_pool()), limit=args.pipeline), rows_path)
+            cfg = Config(model=ModelConfig(path=args.model, max_length=args.max_length))
+            t = time.perf_counter()
+            summary = score_pool(rows_path, Path(tmp) / "round-0", args.model, cfg)
+            seconds = time.perf_counter() - t
+            rows = read_rows(rows_path, ["status", "prompt", "response"], valid_only=True).to_pylist()
+        tokenizer = load_tokenizer(args.model)
+        encoded = [encode_sample(tokenizer, r["prompt"], r["response"], args.max_length) for r in rows]
+        tokens = sum(len(e.cond_ids) + len(e.prior_ids) for e in encoded if e.reason is None)
+    finally:
+        ray.shutdown()
+    return {"pipeline_seconds": round(seconds, 2), "pipeline_rows_scored": summary["scored"],
+            "pipeline_tokens_per_s": round(tokens / seconds, 1), "pipeline_actors": summary["actors"],
+            "pipeline_actors_used": summary["actors_used"], "pipeline_threads_per_actor": summary["threads_per_actor"]}
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     import numpy as np
 
@@ -268,6 +306,11 @@ def main() -> None:
               f" (IFD std {figures['fp32_ifd_std']:.3f}), rank correlation {figures['bf16_vs_fp32_spearman']:.4f}, "
               f"bf16 {figures['bf16_vs_fp32_speedup']:.2f}x fp32; fp32 raysel vs fp32 reference: max |IFD diff| "
               f"{figures['fp32_max_abs_ifd_diff_vs_reference']:.1e}", flush=True)
+    if args.pipeline:
+        figures.update(pipeline(args))
+        print(f"pipeline: {figures['pipeline_rows_scored']} rows in {figures['pipeline_seconds']:.1f}s "
+              f"({figures['pipeline_tokens_per_s']:.0f} tokens/s with start-up) on {figures['pipeline_actors']} "
+              f"actor(s) x {figures['pipeline_threads_per_actor']} thread(s)", flush=True)
     print(json.dumps({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in figures.items()}))
 
 

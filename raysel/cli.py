@@ -76,6 +76,9 @@ def _stage_setup(args):
     from raysel.stages import ingest_stage, open_run, start_ray
 
     cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [])
+    if not hasattr(args, "pool") and not (Path(cfg.run.dir or ".") / "rows.parquet").exists():
+        raise UserError(f"--run-dir {cfg.run.dir!r} holds no rows.parquet: run `raysel ingest` or `raysel score` "
+                        "there first")
     run = open_run(cfg, args.command, reuse=True)
     start_ray(cfg)
     counts = ingest_stage(run, cfg)  # skipped when rows.parquet is complete
@@ -99,9 +102,11 @@ def cmd_select(args) -> int:
 
     cfg, run, counts = _stage_setup(args)
     k = resolve_k(cfg.selection.k, counts["valid"])
+    candidates = Path(args.candidates).read_text().split() if args.candidates else None
     run.forget(f"select-{args.round}")
-    picked = select_stage(run, cfg, args.round, k=k, n_rank=round(cfg.selection.rescore_factor * k))
-    summary = {key: v for key, v in picked.items() if not key.endswith("_ids")}
+    picked = select_stage(run, cfg, args.round, k=k, n_rank=round(cfg.selection.rescore_factor * k),
+                          candidate_ids=candidates)
+    summary = {key: v for key, v in picked.items() if key not in ("ranked_ids", "selected_ids", "next_pool")}
     print(json.dumps({"selection": str(run.path / f"round-{args.round}" / "selection.parquet"), **summary},
                      indent=2))
     return 0
@@ -162,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "select", "select k rows from RUN_DIR/round-R/scores.parquet into selection.parquet and "
                             "selected.jsonl")
     p.add_argument("--round", type=int, default=0, help="round to select for (default 0)")
+    p.add_argument("--candidates", metavar="FILE",
+                   help="select only among these ids (a re-score pool): a text file, one id a line")
     add_config_args(p)
     p.set_defaults(func=cmd_select)
 

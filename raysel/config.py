@@ -75,6 +75,8 @@ class SelectionConfig:
     ifd_max: float = 1.0
     dedup_threshold: float | None = None  # cosine; embedding diversity only
     rounds: int = 3
+    # Which rows round r >= 1 re-scores: fixed = round 0's top rescore_factor * k; rolling = the
+    # top rescore_factor * k of every row ranked on its newest score, re-drawn each round; all = all.
     rescore_pool: Literal["fixed", "rolling", "all"] = "fixed"
     rescore_factor: float = 3.0
 

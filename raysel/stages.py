@@ -10,9 +10,11 @@ import logging
 import os
 
 from raysel.config import Config
-from raysel.runs import RunDir, timed
+from raysel.runs import RunDir, atomic_output, timed
 
 log = logging.getLogger(__name__)
+
+RESCORE_POOL_FILE = "rescore_pool.txt"  # rolling: the ids the next round re-scores, best first
 
 
 def open_run(cfg: Config, job: str, reuse: bool = False) -> RunDir:
@@ -27,7 +29,9 @@ def start_ray(cfg: Config):
         return ray
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": False}
+    # A local cluster gets the dashboard: Ray Train's placement-group cleaner asks the State API
+    # (served by the dashboard) whether the controller lives, and warns every second without it.
+    kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": True}
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
     log.info("ray cluster: %s", {k: v for k, v in ray.cluster_resources().items() if "node" not in k})
     return ray
@@ -65,19 +69,29 @@ def score_stage(run: RunDir, cfg: Config, r: int, model: str, ids: list[str] | N
 
 def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
                  candidate_ids: list[str] | None = None) -> dict:
-    """round-R/selection.parquet and selected.jsonl; returns the ranked and the selected ids."""
-    from raysel.selection.stage import ranked_ids, select_round
+    """round-R/selection.parquet and selected.jsonl. Returns the ranked and the selected ids, and
+    the next round's re-score pool (round-R/rescore_pool.txt when it is not the ranking's top)."""
+    from raysel.selection.stage import rank_pool, ranked_ids, select_round
 
     stage = f"select-{r}"
     out = run.round_dir(r)
+    # Rolling: the next re-score pool is re-drawn from every row's newest scores, so rows
+    # outside this round's pool can come back in (ALGORITHMS.md 1.4).
+    redraw = cfg.selection.rescore_pool == "rolling" and candidate_ids is not None
     if not run.is_done(stage):
         with timed() as t:
             summary = select_round(run.path / "rows.parquet", _scores_path(run, cfg, r), out, cfg.selection,
                                    k=k, n_rank=n_rank, seed=cfg.run.seed + r, candidate_ids=candidate_ids,
                                    embeddings=_embeddings(run, cfg, r))
+            if redraw:
+                pool = rank_pool(run.path / "rows.parquet", _scores_paths(run, r), cfg.selection, n_rank,
+                                 seed=cfg.run.seed + r, embeddings=_embeddings(run, cfg, r, newest=True))
+                with atomic_output(out / RESCORE_POOL_FILE) as tmp:
+                    tmp.write_text("\n".join(pool) + "\n")
         run.mark_done(stage, t(), {"k": k, "n_rank": n_rank, **summary})
     ranked, selected = ranked_ids(out / "selection.parquet")
-    return {**run.stats(stage), "ranked_ids": ranked, "selected_ids": selected}
+    next_pool = (out / RESCORE_POOL_FILE).read_text().split() if redraw else ranked[:n_rank]
+    return {**run.stats(stage), "ranked_ids": ranked, "selected_ids": selected, "next_pool": next_pool}
 
 
 def train_stage(run: RunDir, cfg: Config, r: int, selected_ids: list[str], base_model: str,
@@ -100,9 +114,21 @@ def _scores_path(run: RunDir, cfg: Config, r: int):
     return path if path.exists() else None
 
 
-def _embeddings(run: RunDir, cfg: Config, r: int):
+def _scores_paths(run: RunDir, r: int) -> list:
+    """Every round's scores up to r, newest first: each row's newest score counts."""
+    return [p for p in (run.path / f"round-{i}" / "scores.parquet" for i in range(r, -1, -1)) if p.exists()]
+
+
+def _embeddings(run: RunDir, cfg: Config, r: int, newest: bool = False):
+    """Round r's embeddings (ids, matrix), or with newest=True every row's newest up to round r."""
     if cfg.selection.diversity != "embedding" and cfg.selection.method != "kcenter":
         return None
     from raysel.scoring import read_embeddings
+    from raysel.selection.stage import newest_first
 
-    return read_embeddings(run.path / f"round-{r}")
+    if not newest:
+        return read_embeddings(run.path / f"round-{r}")
+    rounds = [i for i in range(r, -1, -1) if (run.path / f"round-{i}" / "embeddings.parquet").exists()]
+    parts = [dict(zip(("id", "vector"), read_embeddings(run.path / f"round-{i}"), strict=True)) for i in rounds]
+    merged = newest_first(parts)
+    return merged["id"], merged["vector"]

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
 from raysel.config import SelectionConfig, UserError
 from raysel.selection import synthetic
-from raysel.selection.stage import main, ranked_ids, select_round
+from raysel.selection.stage import rank_pool, ranked_ids, select_round
 
 N = 120
 
@@ -116,8 +117,70 @@ def test_methods_without_scores(run_dir):
         _run(run_dir, SelectionConfig(method="kcenter"))
 
 
-def test_command_line_select(run_dir, capsys):
-    assert main(["--run-dir", str(run_dir), "--set", "selection.k=12", "--set", "selection.method=ifd"]) == 0
+def test_rolling_pool_ranks_every_row_by_its_newest_score(run_dir):
+    """A round re-scores its pool (here: the pool's IFDs fall after tuning); the rolling redraw
+    ranks every row on its newest score, so rows from outside the old pool come back in."""
+    cfg = SelectionConfig(method="ifd")
+    _run(run_dir, cfg, k=10, n_rank=30)
+    old_pool, _ = ranked_ids(run_dir / "round-0" / "selection.parquet")
+    round0 = pq.read_table(run_dir / "round-0" / "scores.parquet")
+    rescored = round0.filter(pa.compute.is_in(round0["id"], pa.array(old_pool)))
+    rescored = rescored.set_column(rescored.schema.get_field_index("ifd"), "ifd",
+                                   pa.array([0.01 * (i + 1) for i in range(rescored.num_rows)]))
+    (run_dir / "round-1").mkdir()
+    pq.write_table(rescored, run_dir / "round-1" / "scores.parquet")
+    paths = [run_dir / "round-1" / "scores.parquet", run_dir / "round-0" / "scores.parquet"]
+    pool = rank_pool(run_dir / "rows.parquet", paths, cfg, n_rank=30, seed=0)
+
+    merged = pa.concat_tables([rescored, round0.filter(pa.compute.invert(pa.compute.is_in(
+        round0["id"], pa.array(old_pool))))])
+    pq.write_table(merged, run_dir / "merged.parquet")
+    assert pool == rank_pool(run_dir / "rows.parquet", run_dir / "merged.parquet", cfg, n_rank=30, seed=0)
+    assert len(pool) == 30 and set(pool) - set(old_pool)  # newcomers from outside the old pool
+    newest = dict(zip(merged["id"].to_pylist(), merged["ifd"].to_pylist(), strict=True))
+    assert [newest[i] for i in pool] == sorted((newest[i] for i in pool), reverse=True)
+
+
+def test_rolling_select_stage_writes_the_next_pool(run_dir):
+    """select_stage under rescore_pool=rolling: round 1 selects inside its pool and leaves the
+    redrawn pool (every row on its newest score) in round-1/rescore_pool.txt, which resume reads."""
+    from raysel.config import load_config
+    from raysel.runs import RunDir
+    from raysel.stages import RESCORE_POOL_FILE, select_stage
+
+    cfg = load_config(overrides=[f"run.dir={run_dir}", "selection.method=ifd", "selection.rescore_pool=rolling"])
+    run = RunDir.create(cfg, "test", reuse=True)
+    first = select_stage(run, cfg, 0, k=10, n_rank=30)
+    assert first["next_pool"] == first["ranked_ids"][:30]  # round 0 ranked every row already
+    scores = pq.read_table(run_dir / "round-0" / "scores.parquet")
+    rescored = scores.filter(pa.compute.is_in(scores["id"], pa.array(first["next_pool"])))
+    rescored = rescored.set_column(rescored.schema.get_field_index("ifd"), "ifd",
+                                   pa.array([0.5] * rescored.num_rows))
+    (run_dir / "round-1").mkdir()
+    pq.write_table(rescored, run_dir / "round-1" / "scores.parquet")
+    second = select_stage(run, cfg, 1, k=10, n_rank=30, candidate_ids=first["next_pool"])
+    assert set(second["selected_ids"]) <= set(first["next_pool"])
+    paths = [run_dir / "round-1" / "scores.parquet", run_dir / "round-0" / "scores.parquet"]
+    assert second["next_pool"] == rank_pool(run_dir / "rows.parquet", paths, cfg.selection, n_rank=30, seed=1)
+    assert (run_dir / "round-1" / RESCORE_POOL_FILE).read_text().split() == second["next_pool"]
+    assert set(second["next_pool"]) != set(first["next_pool"])
+    assert select_stage(run, cfg, 1, k=10, n_rank=30, candidate_ids=first["next_pool"]) == second  # resumed
+
+
+def test_command_line_select(run_dir, ray_session, capsys):
+    from raysel.cli import main
+    from raysel.config import load_config
+    from raysel.runs import RunDir
+
+    run = RunDir.create(load_config(overrides=[f"run.dir={run_dir}"]), "test", reuse=True)
+    run.mark_done("ingest", 0.0, {"records": N, "valid": N - 5, "invalid": 5})
+    args = ["select", "--run-dir", str(run_dir), "--set", "selection.k=12", "--set", "selection.method=ifd"]
+    assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["selected"] == 12 and summary["ranked"] == 36
-    assert main(["--run-dir", str(run_dir / "missing")]) == 2
+    candidates = [f"row-{i:03d}" for i in range(1, 40)]
+    (run_dir / "pool.txt").write_text("\n".join(candidates))
+    assert main([*args, "--candidates", str(run_dir / "pool.txt")]) == 0
+    _, selected = ranked_ids(run_dir / "round-0" / "selection.parquet")
+    assert len(selected) == 12 and set(selected) <= set(candidates)
+    assert main(["select", "--run-dir", str(run_dir / "missing")]) == 2

@@ -3,6 +3,9 @@
     round 0:   score all valid rows with the base model -> select k -> fine-tune
     round r:   re-score the re-score pool with round r-1's model -> select k -> fine-tune
 
+The re-score pool (selection.rescore_pool): `fixed`, round 0's top rescore_factor * k; `rolling`,
+re-drawn after each round from every row's newest score (round-R/rescore_pool.txt); `all`.
+
     python jobs/iterit.py                                    # the embedded default (configs/demo.yaml)
     python jobs/iterit.py --config configs/tiny.yaml --run-dir runs/tiny
     python jobs/iterit.py --run-dir runs/tiny --resume       # continue from the last completed stage
@@ -52,7 +55,7 @@ def run_iterit(cfg: Config) -> RunDir:
             scores = score_stage(run, cfg, r, model, ids=rescore)
         picked = select_stage(run, cfg, r, k=k, n_rank=n_rank, candidate_ids=candidates)
         if r == 0 or sel.rescore_pool == "rolling":
-            candidates = picked["ranked_ids"][:n_rank]
+            candidates = picked["next_pool"]
         trained = train_stage(run, cfg, r, picked["selected_ids"], base_model, steps)
         model = trained["checkpoint"]
         print_round_summary(r, scores, picked, trained)

@@ -44,11 +44,12 @@ SCORES_SCHEMA = pa.schema([
 # descheduled thread stalls every op (2 threads scored 60-70 tokens/s under load where 1 thread
 # scored 300-760); one single-threaded actor per core never waits on another.
 MAX_AUTO_CPU_ACTORS = 8
-# Forward micro-batch sizes. On CPU small micro-batches are faster per token: their activations
-# stay in the core's cache, and AMX/AVX-512 matmuls are already efficient at a few hundred rows
-# (one thread, SmolLM2, demo pool: 256 -> 709, 512 -> 813, 1024 -> 761, 2048 -> 654 tokens/s).
+# Forward micro-batch sizes, in padded tokens. On CPU a few thousand tokens amortise the
+# per-op overhead of eager PyTorch; much more spills the activations out of cache. One thread,
+# SmolLM2 bf16, 150 demo samples, quiet 2-core box: 512 -> 589, 1024 -> 832, 4096 -> 914,
+# 8192 -> 892, 16384 -> 744 tokens/s; two such actors side by side: 512 -> 745, 4096 -> 880 each.
 # On GPU bigger batches keep the device busy.
-CPU_TOKENS_PER_FORWARD = 512
+CPU_TOKENS_PER_FORWARD = 4096
 GPU_TOKENS_PER_FORWARD = 65536
 
 
@@ -85,10 +86,11 @@ def resolve_dtype(name: str, device: str):
     """The torch dtype for scoring. "auto": bf16 on CUDA; on CPU bf16 where the CPU computes it
     natively (AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is slower than fp32).
 
-    Measured on the 2-core Sapphire Rapids box with SmolLM2-135M (benchmarks/scoring.py): bf16
-    scored about 1.8x faster than fp32, and moved IFD by a small amount against fp32 (see the
-    benchmark's `bf16_vs_fp32_*` figures): well below the spread of IFD across samples, so
-    rankings barely move. Set scoring.dtype=float32 for exact reference numbers."""
+    Measured on the 2-core Sapphire Rapids box, SmolLM2-135M, one thread (benchmarks/scoring.py):
+    bf16 scored 3.3x faster than fp32 (681 against 206 tokens/s). On 64 demo samples bf16 moved
+    IFD by 0.0045 on average and 0.030 at most (IFD spread 0.23; rank correlation with fp32
+    0.9989); the worst relative changes (up to 11%) are on answers of a few tokens. fp32 scoring
+    matches the fp32 reference to 1e-6. Set scoring.dtype=float32 for exact reference numbers."""
     import torch
 
     if name == "float32":
@@ -217,8 +219,11 @@ def _pipeline(rows_path: Path, wanted: pa.Array | None, n_rows: int, model_path:
 
     ds = ray.data.read_parquet(str(rows_path)).select_columns(["id", "status", "prompt", "response"])
     ds = ds.map_batches(_keep_rows, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", batch_size=None)
-    # About one block per Ray batch, so that every actor gets work.
-    ds = ds.repartition(max(plan.num_actors, -(-n_rows // cfg.scoring.batch_size)))
+    # One block per Ray batch, and at least a few per actor: an actor that is ready first
+    # must not take the whole of a small pool while the others are still loading the model.
+    n_blocks = max(4 * plan.num_actors, -(-n_rows // cfg.scoring.batch_size))
+    batch_size = -(-n_rows // n_blocks)
+    ds = ds.repartition(n_blocks)
     # Read before the actors start: actors that fill every CPU would leave no slot for the read
     # tasks, and the pipeline would wait forever. The text is small next to the scoring work.
     ds = ds.materialize()
@@ -227,10 +232,11 @@ def _pipeline(rows_path: Path, wanted: pa.Array | None, n_rows: int, model_path:
         Scorer,
         fn_constructor_kwargs={"model_path": str(model_path), "cfg": cfg, "threads": plan.threads,
                                "device": plan.device},
-        batch_size=cfg.scoring.batch_size,
+        batch_size=batch_size,
         batch_format="pyarrow",
-        # One batch running and one waiting per actor: busy, yet no long queue left behind at the end.
-        compute=ray.data.ActorPoolStrategy(size=plan.num_actors, max_tasks_in_flight_per_actor=2),
+        # One batch at a time per actor: a batch takes seconds to minutes, so fetching the next
+        # one costs nothing, and no actor holds a queue that another could be working on.
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors, max_tasks_in_flight_per_actor=1),
         **resources,
     )
 

@@ -4,7 +4,7 @@
                            cfg.selection, k=500, n_rank=1500, seed=0)
     ranked, selected = ranked_ids(run / "round-0/selection.parquet")
 
-    python -m raysel.selection.stage --run-dir runs/x --round 0 --set selection.k=500
+    raysel select --run-dir runs/x --round 0 --set selection.k=500     # the same, by hand
 
 It reads only the columns it needs (never the pool's text into the driver on the Ray path: hashed
 features are computed by Ray Data when a Ray session is up). selection.parquet has one row per row
@@ -23,12 +23,11 @@ selected.jsonl holds the selected rows' original records (`raw`), best first.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +64,45 @@ def select_round(rows_path, scores_path, out_dir, cfg: SelectionConfig, k: int, 
                  candidate_ids=None, embeddings=None, use_ray: bool | None = None) -> dict:
     """Select k rows (ranking n_rank) and write selection.parquet and selected.jsonl into out_dir.
 
-    scores_path: a parquet file or a folder of them (None only for random and full).
-    candidate_ids: the re-score pool (None: every valid row). embeddings: (ids, matrix) for the
-    embedding diversity and kcenter. use_ray: featurise with Ray Data (default: if a session is up).
+    scores_path: a parquet file or a folder of them (None only for random and full), or a list
+    of them, newest first: each row's newest score counts. candidate_ids: the re-score pool
+    (None: every valid row). embeddings: (ids, matrix) for the embedding diversity and kcenter.
+    use_ray: featurise with Ray Data (default: if a session is up).
     Returns a summary: counts per reason, mean IFD of the selection and of the pool, timings.
     """
     started = time.perf_counter()
+    r = _rank(rows_path, scores_path, cfg, k, n_rank, seed, candidate_ids, embeddings, use_ray)
+    table = _selection_table(r.rows, r.scores, r.pool, r.sel)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / SELECTION_FILE) as tmp:
+        pq.write_table(table, tmp)
+    _write_selected(rows_path, r.pool_ids[r.sel.selected], out_dir / SELECTED_FILE)
+    return _summary(r.name, table, r.pool, r.sel, r.t_features, r.t_select, time.perf_counter() - started)
+
+
+def rank_pool(rows_path, scores_path, cfg: SelectionConfig, n_rank: int, seed: int, embeddings=None,
+              use_ray: bool | None = None) -> list[str]:
+    """The n_rank best valid rows, best first, ranked as select_round ranks them; writes nothing.
+    The rolling re-score pool: ranked over every row's newest score (scores_path a list)."""
+    r = _rank(rows_path, scores_path, cfg, n_rank, n_rank, seed, None, embeddings, use_ray)
+    return r.pool_ids[r.sel.order].tolist()
+
+
+@dataclass
+class _Ranking:
+    name: str
+    rows: dict
+    scores: dict | None
+    pool: _Pool
+    pool_ids: np.ndarray
+    sel: Selection
+    t_features: float
+    t_select: float
+
+
+def _rank(rows_path, scores_path, cfg: SelectionConfig, k, n_rank, seed, candidate_ids, embeddings,
+          use_ray) -> _Ranking:
     name = selector_name(cfg)
     rows = _read_rows(rows_path)
     scores = _read_scores(scores_path, name)
@@ -87,16 +119,7 @@ def select_round(rows_path, scores_path, out_dir, cfg: SelectionConfig, k: int, 
     t0 = time.perf_counter()
     sel = select(name, pool.ifd, k, n_rank, ids=pool_ids, features=features, embeddings=vectors,
                  gamma=cfg.diversity_decay, ifd_max=cfg.ifd_max, dedup_threshold=cfg.dedup_threshold, seed=seed)
-    t_select = time.perf_counter() - t0
-    del features, vectors
-    table = _selection_table(rows, scores, pool, sel)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir / SELECTION_FILE) as tmp:
-        pq.write_table(table, tmp)
-    selected_ids = pool_ids[sel.selected]
-    _write_selected(rows_path, selected_ids, out_dir / SELECTED_FILE)
-    return _summary(name, table, pool, sel, t_features, t_select, time.perf_counter() - started)
+    return _Ranking(name, rows, scores, pool, pool_ids, sel, t_features, time.perf_counter() - t0)
 
 
 def ranked_ids(selection_path) -> tuple[list[str], list[str]]:
@@ -123,6 +146,12 @@ def _read_scores(scores_path, name: str) -> dict[str, np.ndarray] | None:
         if name in NEEDS_SCORES:
             raise UserError(f"selection method {name!r} needs scores: score the round first (raysel score)")
         return None
+    if isinstance(scores_path, list | tuple):
+        return newest_first([_read_score_file(p) for p in scores_path])
+    return _read_score_file(scores_path)
+
+
+def _read_score_file(scores_path) -> dict[str, np.ndarray]:
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(str(scores_path), format="parquet")
@@ -140,6 +169,15 @@ def _read_scores(scores_path, name: str) -> dict[str, np.ndarray] | None:
     if len(set(out["id"])) != table.num_rows:
         raise UserError(f"{scores_path}: an id is scored more than once")
     return out
+
+
+def newest_first(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One row per id from several column dicts (each with "id"), newest first: the first wins."""
+    import pandas as pd
+
+    merged = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    keep = ~pd.Index(merged["id"]).duplicated(keep="first")
+    return {c: v[keep] for c, v in merged.items()}
 
 
 class _Pool:
@@ -191,7 +229,7 @@ def _features(rows_path, pool_ids: np.ndarray, cfg: SelectionConfig, use_ray: bo
     if cfg.features == "hashed" and use_ray:
         import ray.data
 
-        dataset = ray.data.read_parquet(str(rows_path), columns=["id", "response"])
+        dataset = ray.data.read_parquet(str(rows_path)).select_columns(["id", "response"])
         ids, matrix = feat.hashed_tfidf_ray(dataset, cfg.n_features, keep_ids=pool_ids)
         order = np.asarray(pd.Index(pool_ids).get_indexer(ids), dtype=np.int64)
         if len(ids) != len(pool_ids) or (order < 0).any():
@@ -279,49 +317,3 @@ def _summary(name, table: pa.Table, pool: _Pool, sel: Selection, t_features, t_s
 def _mean(x: np.ndarray) -> float | None:
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else None
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`raysel select`: run the selection stage alone on a run directory's round."""
-    from raysel.cli import add_config_args, config_from_args, setup_logging
-    from raysel.config import resolve_k
-
-    parser = argparse.ArgumentParser(prog="raysel select", description=main.__doc__)
-    add_config_args(parser)
-    parser.add_argument("--round", type=int, default=0, help="round R: reads and writes RUN_DIR/round-R (default 0)")
-    parser.add_argument("--scores", metavar="PATH", help="scores file or folder (default RUN_DIR/round-R/scores.parquet)")
-    parser.add_argument("--candidates", metavar="FILE", help="re-score pool: a text file of ids, one a line")
-    parser.add_argument("--n-rank", type=int, help="how far to rank (default selection.rescore_factor * k)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = config_from_args(args)
-        if not cfg.run.dir:
-            raise UserError("--run-dir is required: the run directory holding rows.parquet")
-        run_dir = Path(cfg.run.dir)
-        round_dir = run_dir / f"round-{args.round}"
-        scores = Path(args.scores) if args.scores else round_dir / "scores.parquet"
-        rows = pq.read_table(run_dir / "rows.parquet", columns=["status"]).column("status").to_pylist()
-        k = resolve_k(cfg.selection.k, sum(s == "valid" for s in rows))
-        n_rank = args.n_rank or max(k, round(cfg.selection.rescore_factor * k))
-        candidates = Path(args.candidates).read_text().split() if args.candidates else None
-        embeddings = None
-        if selector_name(cfg.selection) in NEEDS_EMBEDDINGS:
-            from raysel.scoring import read_embeddings
-
-            embeddings = read_embeddings(scores.parent)
-        summary = select_round(run_dir / "rows.parquet", scores if scores.exists() else None, round_dir,
-                               cfg.selection, k=k, n_rank=n_rank, seed=cfg.run.seed + args.round,
-                               candidate_ids=candidates, embeddings=embeddings)
-    except (UserError, FileNotFoundError) as e:
-        print(f"raysel select: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

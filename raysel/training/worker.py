@@ -35,7 +35,9 @@ def train_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    began = time.perf_counter()
     engine, tokenizer = _prepare_engine(config, world)
+    log.info("worker %d/%d: DeepSpeed engine ready in %.1fs", rank, world, time.perf_counter() - began)
     start = {f"start_{k}": v for k, v in training_state(engine).items()}
     # Dropout masks: reproducible, and different on each rank and round.
     torch.manual_seed(config["seed"] * 100_003 + config["round"] * 1_009 + rank)
@@ -51,7 +53,9 @@ def train_loop(config: dict) -> None:
         "final_loss": step_losses[-1] if step_losses else float("nan"),
         "train_seconds": time.perf_counter() - started,
     }
+    started = time.perf_counter()
     _save_and_report(engine, tokenizer, config, metrics, rank)
+    log.info("worker %d/%d: state saved and exported in %.1fs", rank, world, time.perf_counter() - started)
 
 
 def training_state(engine) -> dict:
