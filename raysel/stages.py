@@ -76,8 +76,10 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
     stage = f"select-{r}"
     out = run.round_dir(r)
     # Rolling: the next re-score pool is re-drawn from every row's newest scores, so rows
-    # outside this round's pool can come back in (ALGORITHMS.md 1.4).
-    redraw = cfg.selection.rescore_pool == "rolling" and candidate_ids is not None
+    # outside this round's pool can come back in (ALGORITHMS.md 1.4). Methods without scores
+    # (random) keep their own ranking.
+    redraw = (cfg.selection.rescore_pool == "rolling" and candidate_ids is not None
+              and _scores_path(run, cfg, r) is not None)
     if not run.is_done(stage):
         with timed() as t:
             summary = select_round(run.path / "rows.parquet", _scores_path(run, cfg, r), out, cfg.selection,

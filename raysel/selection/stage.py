@@ -24,7 +24,6 @@ selected.jsonl holds the selected rows' original records (`raw`), best first.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ import pyarrow.parquet as pq
 from raysel.config import SelectionConfig, UserError
 from raysel.runs import atomic_output
 from raysel.selection import Selection, select
-
-log = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.parquet"
 SELECTED_FILE = "selected.jsonl"
