@@ -76,9 +76,9 @@ def _stage_setup(args):
     from raysel.stages import ingest_stage, open_run, start_ray
 
     cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [])
-    if not hasattr(args, "pool") and not (Path(cfg.run.dir or ".") / "rows.parquet").exists():
-        raise UserError(f"--run-dir {cfg.run.dir!r} holds no rows.parquet: run `raysel ingest` or `raysel score` "
-                        "there first")
+    if not hasattr(args, "pool") and not (cfg.run.dir and (Path(cfg.run.dir) / "rows.parquet").exists()):
+        raise UserError(f"--run-dir must name a run directory holding rows.parquet (got {cfg.run.dir!r}): run "
+                        "`raysel ingest` or `raysel score` there first")
     run = open_run(cfg, args.command, reuse=True)
     start_ray(cfg)
     counts = ingest_stage(run, cfg)  # skipped when rows.parquet is complete

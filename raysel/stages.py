@@ -82,12 +82,14 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
               and _scores_path(run, cfg, r) is not None)
     if not run.is_done(stage):
         with timed() as t:
+            # The newest embeddings of every row hold round r's for its pool: one read serves both.
+            embeddings = _embeddings(run, cfg, r, newest=redraw)
             summary = select_round(run.path / "rows.parquet", _scores_path(run, cfg, r), out, cfg.selection,
                                    k=k, n_rank=n_rank, seed=cfg.run.seed + r, candidate_ids=candidate_ids,
-                                   embeddings=_embeddings(run, cfg, r))
+                                   embeddings=embeddings)
             if redraw:
                 pool = rank_pool(run.path / "rows.parquet", _scores_paths(run, r), cfg.selection, n_rank,
-                                 seed=cfg.run.seed + r, embeddings=_embeddings(run, cfg, r, newest=True))
+                                 seed=cfg.run.seed + r, embeddings=embeddings)
                 with atomic_output(out / RESCORE_POOL_FILE) as tmp:
                     tmp.write_text("\n".join(pool) + "\n")
         run.mark_done(stage, t(), {"k": k, "n_rank": n_rank, **summary})

@@ -87,9 +87,9 @@ def resolve_dtype(name: str, device: str):
     natively (AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is slower than fp32).
 
     Measured on the 2-core Sapphire Rapids box, SmolLM2-135M, one thread (benchmarks/scoring.py):
-    bf16 scored 3.3x faster than fp32 (681 against 206 tokens/s). On 64 demo samples bf16 moved
-    IFD by 0.0045 on average and 0.030 at most (IFD spread 0.23; rank correlation with fp32
-    0.9989); the worst relative changes (up to 11%) are on answers of a few tokens. fp32 scoring
+    bf16 scored 3.1x faster than fp32 (794 against 255 tokens/s). On 64 demo samples bf16 moved
+    IFD by 0.0054 on average and 0.016 at most (IFD spread 0.23; rank correlation with fp32
+    0.9987); the worst relative changes (up to 6%) are on answers of a few tokens. fp32 scoring
     matches the fp32 reference to 1e-6. Set scoring.dtype=float32 for exact reference numbers."""
     import torch
 
