@@ -100,7 +100,7 @@ class TrainingConfig:
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU and on CPUs with native bf16
     merge_weights: bool = False  # also export merged full weights after each round
     max_grad_norm: float = 1.0  # gradient clipping (training.py); 0 turns it off
     log_every: int = 10  # optimizer steps between training loss log lines (training.py)

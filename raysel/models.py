@@ -77,3 +77,14 @@ def _adapter_base(path: str | Path) -> str:
     import json
 
     return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates it,
+    far slower than fp32: on a 2-core AVX2 EPYC a [4096, 576] x [576, 1536] matmul ran at 1.1
+    GFLOP/s in bf16 against 63 in fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -26,6 +26,17 @@ from raysel.training.plan import (
 # --- the plan, no Ray ---------------------------------------------------------------------
 
 
+def test_auto_precision_takes_bf16_only_where_it_is_native(monkeypatch):
+    import raysel.models
+    from raysel.training.worker import use_bf16
+
+    assert use_bf16("bf16", use_gpu=False) and not use_bf16("fp32", use_gpu=True)
+    assert use_bf16("auto", use_gpu=True)
+    for native in (True, False):  # emulated bf16 on an AVX2 CPU runs ~50x slower than fp32
+        monkeypatch.setattr(raysel.models, "cpu_has_native_bf16", lambda native=native: native)
+        assert use_bf16("auto", use_gpu=False) is native
+
+
 def test_steps_cover_every_row_and_the_schedule_spans_all_rounds():
     t = TrainingConfig(batch_size=2, num_workers=2, gradient_accumulation=2, epochs=3)
     assert steps_per_round(8, t) == 3 * 1

@@ -93,19 +93,14 @@ def resolve_dtype(name: str, device: str):
     matches the fp32 reference to 1e-6. Set scoring.dtype=float32 for exact reference numbers."""
     import torch
 
+    from raysel.models import cpu_has_native_bf16
+
     if name == "float32":
         return torch.float32
     if name == "bfloat16" or device == "cuda":
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 # --- the actor --------------------------------------------------------------------------------

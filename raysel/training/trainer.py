@@ -133,7 +133,6 @@ def _previous_state(run_path: Path, round_idx: int) -> str | None:
 def _loop_config(cfg: Config, base_model: str, round_idx: int, total_steps: int, resume_from: str | None) -> dict:
     t = cfg.training
     use_gpu = resolve_use_gpu(t.use_gpu)
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and use_gpu)
     return {
         "base_model": base_model, "trust_remote_code": cfg.model.trust_remote_code,
         "method": t.method, "lora_r": t.lora_r, "lora_alpha": t.lora_alpha, "lora_dropout": t.lora_dropout,
@@ -141,7 +140,7 @@ def _loop_config(cfg: Config, base_model: str, round_idx: int, total_steps: int,
         "learning_rate": t.learning_rate, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
         "total_steps": total_steps, "warmup_steps": warmup_steps(total_steps, t.warmup_ratio),
         "batch_size": t.batch_size, "grad_accum": t.gradient_accumulation,
-        "zero_stage": t.zero_stage, "offload_optimizer": t.offload_optimizer, "bf16": bf16,
+        "zero_stage": t.zero_stage, "offload_optimizer": t.offload_optimizer, "precision": t.precision,
         "seed": cfg.run.seed, "round": round_idx, "resume_from": resume_from, "log_every": t.log_every,
         "use_gpu": use_gpu,
     }

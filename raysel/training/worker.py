@@ -35,6 +35,7 @@ def train_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    config = {**config, "bf16": use_bf16(config["precision"], config["use_gpu"])}  # where it runs
     began = time.perf_counter()
     engine, tokenizer = _prepare_engine(config, world)
     log.info("worker %d/%d: DeepSpeed engine ready in %.1fs", rank, world, time.perf_counter() - began)
@@ -56,6 +57,13 @@ def train_loop(config: dict) -> None:
     started = time.perf_counter()
     _save_and_report(engine, tokenizer, config, metrics, rank)
     log.info("worker %d/%d: state saved and exported in %.1fs", rank, world, time.perf_counter() - started)
+
+
+def use_bf16(precision: str, use_gpu: bool) -> bool:
+    """"auto": bf16 on GPUs and on CPUs that compute it natively; fp32 on the rest."""
+    from raysel.models import cpu_has_native_bf16
+
+    return precision == "bf16" or (precision == "auto" and (use_gpu or cpu_has_native_bf16()))
 
 
 def training_state(engine) -> dict:
