@@ -97,9 +97,9 @@ def non_embedding_params(model) -> int:
 
 def make_scorer(model, tokenizer, args, device: str):
     from raysel.scoring.batch import BatchScorer
-    from raysel.scoring.stage import CPU_TOKENS_PER_FORWARD, GPU_TOKENS_PER_FORWARD
+    from raysel.scoring.stage import default_tokens_per_forward
 
-    budget = args.tokens_per_forward or (GPU_TOKENS_PER_FORWARD if device == "cuda" else CPU_TOKENS_PER_FORWARD)
+    budget = args.tokens_per_forward or default_tokens_per_forward(device, model.dtype)
     return BatchScorer(model, tokenizer, max_length=args.max_length, token_budget=budget)
 
 
@@ -289,9 +289,9 @@ def main() -> None:
     print(f"{len(encoded)} samples, {tokens} tokens ({tokens / len(encoded):.0f} per sample, cond + prior), "
           f"{params / 1e6:.1f}M non-embedding parameters", flush=True)
 
-    from raysel.scoring.stage import CPU_TOKENS_PER_FORWARD, GPU_TOKENS_PER_FORWARD
+    from raysel.scoring.stage import default_tokens_per_forward
 
-    rows = args.tokens_per_forward or (GPU_TOKENS_PER_FORWARD if device == "cuda" else CPU_TOKENS_PER_FORWARD)
+    rows = args.tokens_per_forward or default_tokens_per_forward(device, dtype)
     head_flops = 2 * cfg.hidden_size * cfg.vocab_size
 
     def flops_of(stats: dict, full_logits: bool = False) -> float:

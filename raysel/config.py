@@ -55,7 +55,7 @@ class ScoringConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, see scoring.py on CPU
     # Samples per Ray Data batch: the block sorted by length and cut into forward micro-batches.
     batch_size: int = 256
-    # Padded tokens per forward micro-batch (0: 512 on CPU, 65536 on GPU).
+    # Padded tokens per forward micro-batch (0: 4096 on CPU in bf16, 1024 in fp32, 65536 on GPU).
     tokens_per_forward: int = 0
     num_actors: int = 0  # 0: one per GPU, or enough CPU actors to fill the cluster
     cpus_per_actor: int = 0  # torch threads per CPU actor (0: CPUs / actors, see raysel/scoring/stage.py)

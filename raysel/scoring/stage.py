@@ -46,11 +46,19 @@ SCORES_SCHEMA = pa.schema([
 MAX_AUTO_CPU_ACTORS = 8
 # Forward micro-batch sizes, in padded tokens. On CPU a few thousand tokens amortise the
 # per-op overhead of eager PyTorch; much more spills the activations out of cache. One thread,
-# SmolLM2 bf16, 150 demo samples, quiet 2-core box: 512 -> 589, 1024 -> 832, 4096 -> 914,
-# 8192 -> 892, 16384 -> 744 tokens/s; two such actors side by side: 512 -> 745, 4096 -> 880 each.
+# SmolLM2, demo samples. bf16 on a quiet 2-core AMX Xeon (150 samples): 512 -> 589, 1024 -> 832,
+# 4096 -> 914, 8192 -> 892, 16384 -> 744 tokens/s; two such actors side by side: 512 -> 745,
+# 4096 -> 880 each. fp32 on a 2-core AVX2 EPYC, where matmuls are slower and op overhead matters
+# less (50 samples, 3 alternating passes): 512 -> 193, 1024 -> 189, 4096 -> 178 tokens/s.
 # On GPU bigger batches keep the device busy.
-CPU_TOKENS_PER_FORWARD = 4096
+CPU_TOKENS_PER_FORWARD = {"bfloat16": 4096, "float32": 1024}
 GPU_TOKENS_PER_FORWARD = 65536
+
+
+def default_tokens_per_forward(device: str, dtype) -> int:
+    if device == "cuda":
+        return GPU_TOKENS_PER_FORWARD
+    return CPU_TOKENS_PER_FORWARD.get(str(dtype).removeprefix("torch."), 4096)
 
 
 # --- where and how the actors run -----------------------------------------------------------
@@ -121,7 +129,7 @@ class Scorer:
             model = model.merge_and_unload()
         tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
         s = cfg.scoring
-        budget = s.tokens_per_forward or (GPU_TOKENS_PER_FORWARD if device == "cuda" else CPU_TOKENS_PER_FORWARD)
+        budget = s.tokens_per_forward or default_tokens_per_forward(device, dtype)
         self.scorer = BatchScorer(model.to(device), tokenizer, max_length=cfg.model.max_length,
                                   prior_context=s.prior_context, embeddings=s.embeddings,
                                   embedding_layer=s.embedding_layer, token_budget=budget,
