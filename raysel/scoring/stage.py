@@ -110,7 +110,6 @@ def resolve_dtype(name: str, device: str):
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-
 # --- the actor --------------------------------------------------------------------------------
 
 class Scorer:
