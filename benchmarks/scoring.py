@@ -44,7 +44,7 @@ def parse_args():
     p.add_argument("--probe-seconds", type=float, default=0.3, help="matmul probe before and after every turn")
     p.add_argument("--pipeline", type=int, default=0,
                    help="also run the Ray Data stage (score_pool, auto actor plan) on this many demo rows")
-    p.add_argument("--drift-samples", type=int, default=64, help="samples scored in fp32 and bf16 (0: skip)")
+    p.add_argument("--drift-samples", type=int, default=64, help="samples scored in fp32 against the reference, and in bf16 where it is native (0: skip)")
     return p.parse_args()
 
 
@@ -139,8 +139,8 @@ def compare(model, tokenizer, samples, encoded, args, device: str, probe, flops_
     alternates), so that a machine shared with other jobs slows both alike.
 
     A short matmul probe runs before and after every turn; a turn's limit is the mean of the two.
-    The matmul rate of a shared 2-core VM swings between about 400 and 1200 GFLOP/s from one
-    second to the next, so the fraction is the FLOPs done over the FLOPs the probes' rate would
+    The matmul rate of a shared 2-core VM swings 2-3x from one second to the next (bf16 on an AMX
+    Xeon: about 400 to 1200 GFLOP/s; fp32 on an AVX2 EPYC: 49 to 75), so the fraction is the FLOPs done over the FLOPs the probes' rate would
     have done in the same seconds. The best probe is reported too, for the strictest reading."""
     scorer = make_scorer(model, tokenizer, args, device)
     scorer.score(samples[:4])  # warm-up: first-call allocations and kernel selection
