@@ -91,23 +91,23 @@ def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
 
 
 def resolve_dtype(name: str, device: str):
-    """The torch dtype for scoring. "auto": bf16 on CUDA; on CPU bf16 where the CPU computes it
-    natively (AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is slower than fp32).
+    """The torch dtype for scoring. "auto": bf16 on CUDA; on CPU bf16 where it beats fp32 (AMX),
+    fp32 elsewhere (`raysel.models.cpu_has_fast_bf16` has the measurements).
 
-    Measured on the 2-core Sapphire Rapids box, SmolLM2-135M, one thread (benchmarks/scoring.py):
-    bf16 scored 3.1x faster than fp32 (794 against 255 tokens/s). On 64 demo samples bf16 moved
-    IFD by 0.0054 on average and 0.016 at most (IFD spread 0.23; rank correlation with fp32
-    0.9987); the worst relative changes (up to 6%) are on answers of a few tokens. fp32 scoring
-    matches the fp32 reference to 1e-6. Set scoring.dtype=float32 for exact reference numbers."""
+    Measured on a 2-core AMX Xeon, SmolLM2-135M, one thread (benchmarks/scoring.py): bf16 scored
+    3.1x faster than fp32 (794 against 255 tokens/s). On 64 demo samples bf16 moved IFD by 0.0054
+    on average and 0.016 at most (IFD spread 0.23; rank correlation with fp32 0.9987); the worst
+    relative changes (up to 6%) are on answers of a few tokens. fp32 scoring matches the fp32
+    reference to 1e-6. Set scoring.dtype=float32 for exact reference numbers."""
     import torch
 
-    from raysel.models import cpu_has_native_bf16
+    from raysel.models import cpu_has_fast_bf16
 
     if name == "float32":
         return torch.float32
     if name == "bfloat16" or device == "cuda":
         return torch.bfloat16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 # --- the actor --------------------------------------------------------------------------------

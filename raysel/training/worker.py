@@ -60,10 +60,10 @@ def train_loop(config: dict) -> None:
 
 
 def use_bf16(precision: str, use_gpu: bool) -> bool:
-    """"auto": bf16 on GPUs and on CPUs that compute it natively; fp32 on the rest."""
-    from raysel.models import cpu_has_native_bf16
+    """"auto": bf16 on GPUs and on CPUs where it beats fp32 (AMX); fp32 on the rest."""
+    from raysel.models import cpu_has_fast_bf16
 
-    return precision == "bf16" or (precision == "auto" and (use_gpu or cpu_has_native_bf16()))
+    return precision == "bf16" or (precision == "auto" and (use_gpu or cpu_has_fast_bf16()))
 
 
 def training_state(engine) -> dict:
