@@ -10,7 +10,7 @@ import torch
 
 from raysel.config import ScoringConfig
 from raysel.models import load_model, load_tokenizer
-from raysel.scoring.batch import BatchScorer, encode_sample, plan_micro_batches
+from raysel.scoring.batch import BatchScorer, _Seq, encode_sample, plan_micro_batches, shared_prefix
 from raysel.scoring.stage import plan_actors
 from raysel.templates import render, render_plain
 
@@ -75,7 +75,9 @@ def test_batched_scores_equal_one_sample_at_a_time(model_and_tokenizer, padding_
 @pytest.mark.parametrize("prior_context", ["template", "plain"])
 def test_ifd_matches_full_logits_reference(model_and_tokenizer, prior_context):
     model, tokenizer = model_and_tokenizer
-    scores = BatchScorer(model, tokenizer, max_length=256, prior_context=prior_context).score(SAMPLES)
+    scorer = BatchScorer(model, tokenizer, max_length=256, prior_context=prior_context)
+    scores = scorer.score(SAMPLES)
+    assert scorer.stats["prefix_tokens"] > 0  # the oracle checks the shared-prefix path too
     for (prompt, response), got in zip(SAMPLES, scores, strict=True):
         l_cond, l_prior, ifd, n = reference_ifd(model, tokenizer, prompt, response, 256, prior_context)
         assert got.n_answer_tokens == n
@@ -83,6 +85,67 @@ def test_ifd_matches_full_logits_reference(model_and_tokenizer, prior_context):
         assert got.l_prior == pytest.approx(l_prior, abs=1e-4)
         assert got.ifd == pytest.approx(ifd, abs=1e-4)
         assert not got.truncated
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_shared_prefix_runs_once_and_changes_no_score(model_and_tokenizer, padding_side):
+    model, tokenizer = model_and_tokenizer
+    shared = BatchScorer(model, tokenizer, padding_side=padding_side, token_budget=600, lm_head_chunk=16)
+    unshared = BatchScorer(model, tokenizer, padding_side=padding_side, token_budget=600, lm_head_chunk=16,
+                           share_prefix=False)
+    got, want = shared.score(SAMPLES), unshared.score(SAMPLES)
+    assert shared.stats["prefix_tokens"] > 0 and unshared.stats["prefix_tokens"] == 0
+    assert shared.stats["forward_tokens"] < unshared.stats["forward_tokens"]
+    for g, w in zip(got, want, strict=True):
+        assert (g.l_cond, g.l_prior, g.ifd) == pytest.approx((w.l_cond, w.l_prior, w.ifd), abs=1e-5)
+        torch.testing.assert_close(g.embedding, w.embedding, atol=1e-5, rtol=1e-5)
+    # A second call with the same prefixes reuses their caches: only the suffixes are computed.
+    before = shared.stats["forward_tokens"]
+    again = shared.score(SAMPLES)
+    assert shared.stats["forward_tokens"] - before == before - len(shared._prefix.ids)
+    assert [r.ifd for r in again] == pytest.approx([r.ifd for r in got], abs=1e-6)
+
+
+def _tiny(family: str, vocab_size: int):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2)
+    if family == "mistral":  # a sliding window shorter than the shared prefix
+        return tf.MistralForCausalLM(tf.MistralConfig(**kw, sliding_window=8)).eval()
+    if family == "qwen2":  # sliding window on some layers only
+        config = tf.Qwen2Config(**kw, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+        return tf.Qwen2ForCausalLM(config).eval()
+    config = tf.GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    return tf.GPT2LMHeadModel(config).eval()  # learned absolute positions
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gpt2"])
+def test_shared_prefix_is_exact_across_model_families(tiny_model_dir, family):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = _tiny(family, len(tokenizer))
+    scorer = BatchScorer(model, tokenizer, max_length=256, token_budget=600)
+    scores = scorer.score(SAMPLES)
+    assert scorer.stats["prefix_tokens"] > 0
+    for (prompt, response), got in zip(SAMPLES, scores, strict=True):
+        l_cond, l_prior, ifd, _ = reference_ifd(model, tokenizer, prompt, response, 256)
+        assert (got.l_cond, got.l_prior, got.ifd) == pytest.approx((l_cond, l_prior, ifd), abs=1e-4)
+
+
+def _seqs(*rows, start=8):
+    return [_Seq(ids, start, 1, i, True) for i, ids in enumerate(rows)]
+
+
+def test_shared_prefix_follows_the_majority_and_stops_before_the_scored_positions():
+    a, b, own = [1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 0, 0, 0], [1, 2, 9, 9, 9, 9, 9, 9, 9]
+    assert shared_prefix(_seqs(a, b, own)) == (6, [0, 1])  # `own` (a system prompt of its own) leaves
+    assert shared_prefix(_seqs(a, a)) == (7, [0, 1])  # position start - 1 = 7 is scored from
+    assert shared_prefix(_seqs(a, b, start=5)) == (4, [0, 1])
+    assert shared_prefix(_seqs(a, b, start=4)) == (0, [])  # shorter than MIN_SHARED_PREFIX
+    assert shared_prefix(_seqs(a, b, own, own)) == (6, [0, 1])  # a tie goes to the first seen
+    assert shared_prefix(_seqs(a, own)) == (0, [])  # one sequence alone shares nothing
+    assert shared_prefix([]) == (0, [])
 
 
 def test_truncation_scores_the_surviving_answer_tokens_in_both_texts(tiny_model_dir):
@@ -125,7 +188,7 @@ def test_masked_mean_embedding_ignores_padding(model_and_tokenizer, padding_side
     short = SAMPLES[0]
     alone = BatchScorer(model, tokenizer, embedding_layer=layer).score([short])[0].embedding
     padded = BatchScorer(model, tokenizer, embedding_layer=layer, padding_side=padding_side)
-    with_long = padded.score([short, SAMPLES[1]])[0].embedding  # the long sample pads the short one
+    with_long = padded.score([short, SAMPLES[3]])[0].embedding  # the longer sample pads the short one
     assert padded.stats["padded_tokens"] > padded.stats["forward_tokens"]
     torch.testing.assert_close(with_long, alone, atol=1e-5, rtol=1e-5)
     # Oracle: the mean over every token of the conditioned text of the chosen hidden state.

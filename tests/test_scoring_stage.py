@@ -93,6 +93,7 @@ def test_two_actors_score_every_row_like_in_process_scoring(all_actors_ready, ti
     assert summary["rows"] == 30 and summary["excluded_at_ingestion"] == n_excluded
     assert summary["scored"] + summary["invalid"] == 30 - n_excluded == summary["to_score"]
     assert summary["actors"] == summary["actors_used"] == 2  # both actors did work
+    assert summary["dtype"] == "float32"
 
     ids, vectors = read_embeddings(tmp_path)
     assert vectors.dtype == np.float16 and vectors.shape == (summary["scored"], 64)

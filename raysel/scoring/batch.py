@@ -10,6 +10,10 @@ How it stays fast:
   and are cut into forward micro-batches under a padded-token budget: little padding, big matmuls.
 - The LM head and the cross-entropy run on the answer positions only, a chunk at a time: the
   full [batch, sequence, vocabulary] logits tensor never exists.
+- The token prefix that the texts of a call share (the chat template's system turn: 22 of the
+  110 tokens of an average demo-pool text) runs once; its key/value cache is kept and each
+  micro-batch computes only what follows it. Causal attention makes this exact: a token's keys
+  and values never depend on what comes after it.
 - With right padding no attention mask (and no position ids) is passed: causal attention never
   lets a real token see the padding after it, so the fast `is_causal` attention path is exact.
 - The embedding is pooled from the same forward pass (one selected hidden-state layer).
@@ -17,11 +21,14 @@ How it stays fast:
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from raysel.templates import render, render_plain
 
@@ -29,6 +36,9 @@ from raysel.templates import render, render_plain
 _NO_LIMIT = 1 << 62
 
 EMPTY_ANSWER = "empty answer"
+
+# Shorter shared prefixes (a lone BOS token) are not worth a forward pass of their own.
+MIN_SHARED_PREFIX = 4
 
 
 @dataclass(frozen=True)
@@ -97,13 +107,64 @@ class _Seq:
     is_cond: bool
 
 
+class PrefixCache(DynamicCache):
+    """A cache that the prefix's own forward pass fills and that is then frozen: each
+    micro-batch's attention reads the prefix's keys and values (broadcast over the batch) before
+    its own, and nothing is appended, so one cache serves every micro-batch as it is and no
+    layer's keys outlive that layer's attention."""
+
+    frozen = False
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if not self.frozen:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer, n = self.layers[layer_idx], key_states.shape[0]
+        return (torch.cat([layer.keys.expand(n, -1, -1, -1), key_states], dim=-2),
+                torch.cat([layer.values.expand(n, -1, -1, -1), value_states], dim=-2))
+
+
+@dataclass
+class _Prefix:
+    """Tokens a group of sequences starts with, computed once: their key/value cache (batch 1)
+    and, for pooling, the sum of their hidden states at the pooled layer."""
+
+    ids: list[int]
+    cache: PrefixCache  # frozen
+    hidden_sum: torch.Tensor | None  # float32 [hidden]
+
+
+def shared_prefix(seqs: list[_Seq], min_length: int = MIN_SHARED_PREFIX) -> tuple[int, list[int]]:
+    """(n, members): the longest prefix shared by the sequences that start as most of them do,
+    and which sequences those are ((0, []) when it is shorter than `min_length`). It stops before
+    the first position a member scores from: the hidden state at start - 1 predicts the first
+    answer token. A sample with a system prompt of its own only leaves the group, so it cannot
+    cost the rest their sharing. One sequence alone shares nothing."""
+    fits = [i for i, s in enumerate(seqs) if s.start - 1 >= min_length]
+    heads = Counter(tuple(seqs[i].ids[:min_length]) for i in fits)
+    if not heads or heads.most_common(1)[0][1] < 2:
+        return 0, []
+    head = list(heads.most_common(1)[0][0])
+    members = [i for i in fits if seqs[i].ids[:min_length] == head]
+    first, limit = seqs[members[0]].ids, min(seqs[i].start - 1 for i in members)
+    n = min_length
+    while n < limit and all(seqs[i].ids[n] == first[n] for i in members):
+        n += 1
+    return n, members
+
+
 def plan_micro_batches(lengths: list[int], token_budget: int, max_seqs: int,
-                       overhead_tokens: int = 128) -> list[list[int]]:
+                       overhead_tokens: int | None = None) -> list[list[int]]:
     """Sequence indices, longest first, in micro-batches of at most `token_budget` padded tokens.
 
     Sorted by length, a micro-batch is a run of neighbours; the cut points minimise padded tokens
     plus `overhead_tokens` per forward pass (dynamic programming over the sorted lengths), so a
-    few long sequences do not pad many short ones. A sequence longer than the budget goes alone."""
+    few long sequences do not pad many short ones. A sequence longer than the budget goes alone.
+
+    The fixed cost of a forward pass defaults to 1/32 of the budget: the budget is large where a
+    token is cheap (bf16 with AMX, GPUs), and so is the fixed cost counted in tokens. fp32 on a
+    2-core AVX-512 Xeon, budget 1024: 32 padded 3.8% and scored 3% faster than 128 (6.6%)."""
+    if overhead_tokens is None:
+        overhead_tokens = token_budget // 32
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     sizes = [lengths[i] for i in order]
     n = len(sizes)
@@ -140,7 +201,8 @@ class BatchScorer:
 
     def __init__(self, model, tokenizer, max_length: int = 1024, prior_context: str = "template",
                  embeddings: bool = True, embedding_layer: int = -1, token_budget: int = 8192,
-                 max_seqs: int = 256, lm_head_chunk: int = 2048, padding_side: str = "right"):
+                 max_seqs: int = 256, lm_head_chunk: int = 2048, padding_side: str = "right",
+                 share_prefix: bool = True):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.model, self.tokenizer = model, tokenizer
@@ -149,10 +211,15 @@ class BatchScorer:
         self.embeddings, self.padding_side = embeddings, padding_side
         self.layer = self._resolve_layer(embedding_layer)
         self.token_budget, self.max_seqs, self.lm_head_chunk = token_budget, max_seqs, lm_head_chunk
+        self.share_prefix = share_prefix
+        self._prefix: _Prefix | None = None  # the last call's, reused while calls share it
+        # transformers 5 renamed the forward's `past_key_values` to `cache`.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
         self.hidden_size = self.body.config.hidden_size
-        self.stats = {"forward_tokens": 0, "padded_tokens": 0, "lm_head_positions": 0}
+        # forward_tokens: real tokens computed; prefix_tokens: real tokens served by the shared prefix.
+        self.stats = {"forward_tokens": 0, "padded_tokens": 0, "lm_head_positions": 0, "prefix_tokens": 0}
 
     def _resolve_layer(self, layer: int) -> int | None:
         """Hidden-state index (0: embeddings, i: after layer i); None: the last, final-normed state."""
@@ -177,23 +244,60 @@ class BatchScorer:
                 seqs.append(_Seq(e.prior_ids, e.prior_start, e.n_answer, i, False))
         nll_sums = torch.zeros(len(seqs), dtype=torch.float64)
         pooled = {}
-        for batch in plan_micro_batches([len(s.ids) for s in seqs], self.token_budget, self.max_seqs):
-            sums, emb = self._forward([seqs[i] for i in batch])
-            nll_sums[batch] = sums
-            pooled.update({batch[j]: vec for j, vec in emb.items()})
+        for prefix, group in self._prefix_groups(seqs):
+            skip = len(prefix.ids) if prefix else 0
+            lengths = [len(seqs[i].ids) - skip for i in group]
+            for batch in plan_micro_batches(lengths, self.token_budget, self.max_seqs):
+                batch = [group[b] for b in batch]
+                sums, emb = self._forward([seqs[i] for i in batch], prefix)
+                nll_sums[batch] = sums
+                pooled.update({batch[j]: vec for j, vec in emb.items()})
+            self.stats["prefix_tokens"] += skip * len(group)
         return self._collect(encoded, seqs, nll_sums, pooled)
+
+    def _prefix_groups(self, seqs: list[_Seq]) -> list[tuple[_Prefix | None, list[int]]]:
+        """[(the shared prefix, the sequences that take it), (None, the rest)]. The prefix is the
+        last call's when it is the same, else computed now. (Grouping the conditioned and the prior
+        texts apart, each with its own longer prefix, saved 2% of the tokens and padded 2.5% more.)"""
+        n, members = shared_prefix(seqs) if self.share_prefix else (0, [])
+        if not members:
+            return [(None, list(range(len(seqs))))]
+        ids = seqs[members[0]].ids[:n]
+        if self._prefix is None or self._prefix.ids != ids:
+            self._prefix = self._run_prefix(ids)
+        return [(self._prefix, members), (None, sorted(set(range(len(seqs))) - set(members)))]
+
+    def _run_prefix(self, ids: list[int]) -> _Prefix:
+        cache = PrefixCache(config=self.body.config)  # filled in place by the forward pass
+        kwargs = {self._cache_kwarg: cache, "use_cache": True}
+        if self.embeddings and self.layer is not None:
+            kwargs["output_hidden_states"] = [self.layer]
+        out = self.body(input_ids=torch.tensor([ids], device=self.device), **kwargs)
+        self.stats["forward_tokens"] += len(ids)
+        self.stats["padded_tokens"] += len(ids)
+        cache.frozen = True
+        hidden_sum = None
+        if self.embeddings:
+            states = out.last_hidden_state if self.layer is None else out.hidden_states[self.layer]
+            hidden_sum = states[0].float().sum(0)
+        return _Prefix(ids, cache, hidden_sum)
 
     # --- one micro-batch ----------------------------------------------------------------
 
-    def _forward(self, seqs: list[_Seq]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Summed answer NLL per sequence, and pooled hidden states of the conditioned ones."""
-        ids, mask, offsets = self._pad(seqs)
+    def _forward(self, seqs: list[_Seq], prefix: _Prefix | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Summed answer NLL per sequence, and pooled hidden states of the conditioned ones.
+        With a shared prefix, only the tokens after it are computed, on top of its cache."""
+        skip = len(prefix.ids) if prefix else 0
+        ids, mask, offsets = self._pad(seqs, skip)
         width = ids.shape[1]
         self.stats["forward_tokens"] += int(mask.sum())
         self.stats["padded_tokens"] += ids.numel()
-        kwargs = {"use_cache": False}
+        kwargs = {"use_cache": prefix is not None}
+        if prefix:
+            kwargs[self._cache_kwarg] = prefix.cache
         if self.padding_side == "left":
-            kwargs.update(attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            kwargs.update(attention_mask=F.pad(mask, (skip, 0), value=1),
+                          position_ids=skip + (mask.cumsum(-1) - 1).clamp(min=0))
         # Right padding needs neither: causal attention never lets a real token see the padding
         # after it, and default positions are right for real tokens. (Repeated position ids on
         # the padding would make transformers think the batch is packed and build a full mask.)
@@ -201,22 +305,25 @@ class BatchScorer:
             kwargs["output_hidden_states"] = [self.layer]  # keeps this one layer only
         out = self.body(input_ids=ids, **kwargs)
         hidden = out.last_hidden_state
-        sums = self._answer_nll(hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1), seqs, offsets, width)
+        sums = self._answer_nll(hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1), seqs,
+                                [off - skip for off in offsets], width)
         emb = {}
         if self.embeddings:
             states = hidden if self.layer is None else out.hidden_states[self.layer]
-            emb = self._pool(states, mask, [j for j, s in enumerate(seqs) if s.is_cond])
+            emb = self._pool(states, mask, [j for j, s in enumerate(seqs) if s.is_cond], prefix)
         return sums, emb
 
-    def _pad(self, seqs: list[_Seq]):
-        width = max(len(s.ids) for s in seqs)
+    def _pad(self, seqs: list[_Seq], skip: int = 0):
+        """The sequences' tokens after the first `skip`, padded to one width."""
+        width = max(len(s.ids) for s in seqs) - skip
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         offsets = []
         for j, s in enumerate(seqs):
-            off = width - len(s.ids) if self.padding_side == "left" else 0
-            ids[j, off: off + len(s.ids)] = torch.tensor(s.ids)
-            mask[j, off: off + len(s.ids)] = 1
+            n = len(s.ids) - skip
+            off = width - n if self.padding_side == "left" else 0
+            ids[j, off: off + n] = torch.tensor(s.ids[skip:])
+            mask[j, off: off + n] = 1
             offsets.append(off)
         return ids.to(self.device), mask.to(self.device), offsets
 
@@ -224,7 +331,8 @@ class BatchScorer:
         """LM head + cross-entropy on answer positions only, `lm_head_chunk` positions at a time.
 
         Hidden state at position t predicts token t + 1: the states at [start - 1, start + n - 1)
-        predict the answer tokens at [start, start + n)."""
+        predict the answer tokens at [start, start + n). Token t of sequence j sits at
+        j * width + offsets[j] + t of the flattened batch (offsets are negative past a prefix)."""
         positions, owners = [], []
         for j, s in enumerate(seqs):
             first = j * width + offsets[j] + s.start - 1
@@ -246,14 +354,18 @@ class BatchScorer:
         return sums.cpu()
 
     @staticmethod
-    def _pool(states, mask, rows: list[int]) -> dict[int, torch.Tensor]:
-        """Masked mean over real tokens; `where`, not multiply, so a NaN in a padded slot cannot leak."""
+    def _pool(states, mask, rows: list[int], prefix: _Prefix | None) -> dict[int, torch.Tensor]:
+        """Masked mean over real tokens, the shared prefix's included; `where`, not multiply, so a
+        NaN in a padded slot cannot leak."""
         if not rows:
             return {}
         index = torch.tensor(rows, device=states.device)
         real = mask[index].bool().unsqueeze(-1)
         summed = torch.where(real, states[index].float(), 0.0).sum(1)
-        means = (summed / real.sum(1)).cpu()
+        count = real.sum(1)
+        if prefix:
+            summed, count = summed + prefix.hidden_sum, count + len(prefix.ids)
+        means = (summed / count).cpu()
         return {j: means[k] for k, j in enumerate(rows)}
 
     # --- per sample ---------------------------------------------------------------------

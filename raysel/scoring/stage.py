@@ -132,12 +132,14 @@ class Scorer:
         self.scorer = BatchScorer(model.to(device), tokenizer, max_length=cfg.model.max_length,
                                   prior_context=s.prior_context, embeddings=s.embeddings,
                                   embedding_layer=s.embedding_layer, token_budget=budget,
-                                  lm_head_chunk=s.lm_head_chunk)
+                                  lm_head_chunk=s.lm_head_chunk, share_prefix=s.share_prefix)
+        self.dtype = str(dtype).removeprefix("torch.")
         log.info("scorer ready: %s on %s, %s, %d threads", model_path, device, dtype, threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         table = score_table(self.scorer, batch)
-        return table.append_column("scored_by", pa.array([os.getpid()] * table.num_rows, pa.int64()))
+        table = table.append_column("scored_by", pa.array([os.getpid()] * table.num_rows, pa.int64()))
+        return table.append_column("scored_in", pa.array([self.dtype] * table.num_rows, pa.string()))
 
 
 def score_table(scorer, rows: pa.Table) -> pa.Table:
@@ -184,7 +186,7 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     plan = plan_actors(cfg.scoring, ray.cluster_resources())
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
     scored = _pipeline(rows_path, wanted, counts["to_score"], model_path, cfg, plan) if counts["to_score"] else None
-    scores, embeddings, workers = _collect(scored, cfg.scoring.embeddings)
+    scores, embeddings, workers, dtypes = _collect(scored, cfg.scoring.embeddings)
     out_dir.mkdir(parents=True, exist_ok=True)
     if embeddings is not None:
         _write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
@@ -193,7 +195,7 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     truncated = scores.column("truncated").to_pylist()
     return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
             "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers,
-            "threads_per_actor": plan.threads, "device": plan.device}
+            "threads_per_actor": plan.threads, "device": plan.device, "dtype": ",".join(sorted(dtypes)) or None}
 
 
 def _rows_to_score(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | None, dict]:
@@ -252,24 +254,24 @@ def _keep_rows(batch: pa.Table, wanted: pa.Array | None) -> pa.Table:
     return batch.filter(keep).select(["id", "prompt", "response"])
 
 
-def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int]:
-    """Stream the results into the driver: the score columns, the scored rows' embeddings, and
-    how many actors did work."""
+def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int, set[str]]:
+    """Stream the results into the driver: the score columns, the scored rows' embeddings, how
+    many actors did work, and the dtypes they scored in."""
     import pyarrow.compute as pc
 
-    score_parts, embedding_parts, workers = [SCORES_SCHEMA.empty_table()], [], set()
+    score_parts, embedding_parts, workers, dtypes = [SCORES_SCHEMA.empty_table()], [], set(), set()
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []:
         score_parts.append(batch.select(SCORES_SCHEMA.names))
         workers.update(pc.unique(batch["scored_by"]).to_pylist())
+        dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
         if with_embeddings:
             embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
-    scores = pa.concat_tables(score_parts).sort_by("id")
-    if not with_embeddings:
-        return scores, None, len(workers)
-    if not embedding_parts:  # nothing was scored: an empty file of the right shape
-        return scores, pa.table({"id": pa.array([], pa.string()),
-                                 "embedding": pa.array([], pa.list_(pa.float16(), 1))}), len(workers)
-    return scores, pa.concat_tables(embedding_parts).sort_by("id"), len(workers)
+    scores, embeddings = pa.concat_tables(score_parts).sort_by("id"), None
+    if with_embeddings and embedding_parts:
+        embeddings = pa.concat_tables(embedding_parts).sort_by("id")
+    elif with_embeddings:  # nothing was scored: an empty file of the right shape
+        embeddings = pa.table({"id": pa.array([], pa.string()), "embedding": pa.array([], pa.list_(pa.float16(), 1))})
+    return scores, embeddings, len(workers), dtypes
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
