@@ -4,8 +4,8 @@
     python benchmarks/scoring.py --n 100 --dtype float32
 
 In one run, on the same samples and the same tokens:
-- raysel: `BatchScorer` (length-sorted micro-batches, LM head on answer positions only),
-  tokenisation included;
+- raysel: `BatchScorer` (length-sorted micro-batches, the shared template prefix run once,
+  LM head on answer positions only), tokenisation included;
 - reference: one sample at a time, two forward passes with full logits and transformers' own
   loss (the way the reference IFD code does it), on pre-tokenised ids, in the same dtype;
 - the two take turns on groups of samples, so that other jobs on a shared machine slow both alike;
@@ -14,10 +14,12 @@ In one run, on the same samples and the same tokens:
   shared VM that rate swings about 3x within seconds, so each turn is held against the probes
   beside it (`fraction_of_matmul_limit`); the best probe of the run is reported too
   (`fraction_of_best_probe`, the strictest reading);
-- the bf16-versus-fp32 IFD drift (and speed) on a subset, and fp32 raysel against the fp32
-  reference (the batched method itself is exact: the differences are rounding only).
-Tokens are those of the conditioned and prior texts as scored. FLOPs: 2 x non-embedding
-parameters x tokens, plus 2 x hidden x vocabulary per LM-head position actually computed
+- where raysel scores in bf16, the bf16-versus-fp32 IFD drift (and speed) on a subset; always
+  fp32 raysel against the fp32 reference (the batched method itself is exact: the differences
+  are rounding only).
+Tokens per second count the tokens of the conditioned and prior texts as scored, the same for
+both. FLOPs count the work actually done: 2 x non-embedding parameters x tokens computed (raysel
+computes a shared prefix once, not per text), plus 2 x hidden x vocabulary per LM-head position
 (attention score work is not counted). The last line is one JSON object with every figure.
 """
 
@@ -27,6 +29,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import time
 
 
@@ -44,7 +47,9 @@ def parse_args():
     p.add_argument("--probe-seconds", type=float, default=0.3, help="matmul probe before and after every turn")
     p.add_argument("--pipeline", type=int, default=0,
                    help="also run the Ray Data stage (score_pool, auto actor plan) on this many demo rows")
-    p.add_argument("--drift-samples", type=int, default=64, help="samples scored in fp32 against the reference, and in bf16 where it is native (0: skip)")
+    p.add_argument("--no-share-prefix", action="store_true", help="raysel computes every text in full")
+    p.add_argument("--drift-samples", type=int, default=64,
+                   help="samples scored in fp32 against the reference, and in bf16 against fp32 where raysel scores in bf16 (0: skip)")
     return p.parse_args()
 
 
@@ -100,7 +105,8 @@ def make_scorer(model, tokenizer, args, device: str):
     from raysel.scoring.stage import default_tokens_per_forward
 
     budget = args.tokens_per_forward or default_tokens_per_forward(device, model.dtype)
-    return BatchScorer(model, tokenizer, max_length=args.max_length, token_budget=budget)
+    return BatchScorer(model, tokenizer, max_length=args.max_length, token_budget=budget,
+                       share_prefix=not args.no_share_prefix)
 
 
 def score_raysel(scorer, samples, device: str):
@@ -169,6 +175,8 @@ def compare(model, tokenizer, samples, encoded, args, device: str, probe, flops_
     out = {"ifds": ours, "stats": scorer.stats, "budget": scorer.token_budget,
            "limit_best": max(probes), "limit_lowest": min(probes), "probes": len(probes),
            "max_abs_ifd_diff": max(diffs), "max_rel_ifd_diff": max(d / b for d, b in zip(diffs, ref, strict=True))}
+    # Each group's own ratio shows how far the machine's swings move the overall one.
+    out["group_speedups"] = sorted(r[0] / o[0] for o, r in zip(turns["raysel"], turns["reference"], strict=True))
     for name, rows in turns.items():
         seconds, flops = sum(t[0] for t in rows), sum(t[1] for t in rows)
         possible = sum(t[0] * t[2] for t in rows)  # FLOPs at the probes' rate over the same seconds
@@ -177,30 +185,30 @@ def compare(model, tokenizer, samples, encoded, args, device: str, probe, flops_
     return out
 
 
-def drift(args, samples, device: str) -> dict:
-    """fp32 against bf16 raysel scoring of the same samples (IFD and speed), and fp32 raysel
-    against the fp32 reference (which shows the batched method itself is exact). bf16 is left out
-    on a CPU that only emulates it (hours for a few samples; raysel scores in fp32 there)."""
+def drift(args, samples, device: str, dtype) -> dict:
+    """fp32 raysel against the fp32 reference (which shows the batched method itself is exact),
+    and, where raysel scores in bf16, bf16 against fp32 raysel on the same samples (IFD and speed)."""
     import torch
 
-    from raysel.models import cpu_has_native_bf16, load_model, load_tokenizer
+    from raysel.models import load_model, load_tokenizer
     from raysel.scoring.batch import encode_sample
 
     tokenizer = load_tokenizer(args.model)
     encoded = [encode_sample(tokenizer, p, r, args.max_length) for p, r in samples]
     dtypes = {"fp32": torch.float32}
-    if device == "cuda" or cpu_has_native_bf16():
+    if dtype == torch.bfloat16:
         dtypes["bf16"] = torch.bfloat16
+    encoded = [e for e in encoded if e.reason is None]
+    tokens = sum(len(e.cond_ids) + len(e.prior_ids) for e in encoded)
     out, ifds = {"drift_samples": len(encoded)}, {}
-    for name, dtype in dtypes.items():
-        model = load_model(args.model, dtype=dtype).to(device)
+    for name, dt in dtypes.items():
+        model = load_model(args.model, dtype=dt).to(device)
         scorer = make_scorer(model, tokenizer, args, device)
         scorer.score(samples[:4])
-        scorer.stats = dict.fromkeys(scorer.stats, 0)
         ifds[name], seconds = score_raysel(scorer, samples, device)
-        out[f"{name}_tokens_per_s"] = round(scorer.stats["forward_tokens"] / seconds, 1)
+        out[f"{name}_tokens_per_s"] = round(tokens / seconds, 1)
         if name == "fp32":
-            ref, _ = score_reference(model, [e for e in encoded if e.reason is None], device)
+            ref, _ = score_reference(model, encoded, device)
             out["fp32_max_abs_ifd_diff_vs_reference"] = max(abs(a - b) for a, b in zip(ifds[name], ref, strict=True))
             out["fp32_ifd_std"] = _std(ifds[name])
         del model
@@ -305,9 +313,13 @@ def main() -> None:
     ours, theirs, stats = r["raysel"], r["reference"], r["stats"]
     seconds, ref_seconds = ours["seconds"], theirs["seconds"]
     figures.update(
-        tokens_per_s=round(stats["forward_tokens"] / seconds, 1), seconds=round(seconds, 2),
+        tokens_per_s=round(tokens / seconds, 1), seconds=round(seconds, 2),
+        computed_tokens_per_s=round(stats["forward_tokens"] / seconds, 1),
+        shared_prefix_fraction=stats["prefix_tokens"] / tokens,
         reference_tokens_per_s=round(tokens / ref_seconds, 1), reference_seconds=round(ref_seconds, 2),
         speedup_vs_reference=ref_seconds / seconds, tokens_per_forward=r["budget"],
+        speedup_group_min=r["group_speedups"][0], speedup_group_max=r["group_speedups"][-1],
+        speedup_group_median=statistics.median(r["group_speedups"]),
         padding_fraction=1 - stats["forward_tokens"] / stats["padded_tokens"],
         achieved_flops=ours["flops"] / seconds, reference_achieved_flops=theirs["flops"] / ref_seconds,
         matmul_limit_flops=ours["matched_limit"], reference_matmul_limit_flops=theirs["matched_limit"],
@@ -317,11 +329,13 @@ def main() -> None:
         max_abs_ifd_diff_vs_reference=r["max_abs_ifd_diff"], max_rel_ifd_diff_vs_reference=r["max_rel_ifd_diff"],
         ifd_std=_std(r["ifds"]),
     )
-    print(f"raysel:    {figures['tokens_per_s']:8.1f} tokens/s ({seconds:.1f}s, "
-          f"{figures['padding_fraction']:.1%} padding), {figures['achieved_flops'] / 1e9:.1f} GFLOP/s", flush=True)
+    print(f"raysel:    {figures['tokens_per_s']:8.1f} tokens/s ({seconds:.1f}s, {figures['shared_prefix_fraction']:.1%} "
+          f"of the tokens from shared prefixes, {figures['padding_fraction']:.1%} padding), "
+          f"{figures['achieved_flops'] / 1e9:.1f} GFLOP/s", flush=True)
     print(f"reference: {figures['reference_tokens_per_s']:8.1f} tokens/s ({ref_seconds:.1f}s), "
           f"{figures['reference_achieved_flops'] / 1e9:.1f} GFLOP/s", flush=True)
-    print(f"speedup {figures['speedup_vs_reference']:.2f}x; matmul limit over raysel's turns "
+    print(f"speedup {figures['speedup_vs_reference']:.2f}x (groups {figures['speedup_group_min']:.2f}-"
+          f"{figures['speedup_group_max']:.2f}x, median {figures['speedup_group_median']:.2f}x); matmul limit over raysel's turns "
           f"{ours['matched_limit'] / 1e9:.0f} GFLOP/s (probes {r['limit_lowest'] / 1e9:.0f}-{r['limit_best'] / 1e9:.0f}):"
           f" raysel reaches {ours['fraction']:.0%} ({figures['fraction_of_best_probe']:.0%} of the best probe), "
           f"the reference {theirs['fraction']:.0%}; max |IFD diff| vs reference {r['max_abs_ifd_diff']:.2e} "
@@ -329,14 +343,14 @@ def main() -> None:
 
     del model
     if args.drift_samples:
-        figures.update(drift(args, samples[: args.drift_samples], device))
+        figures.update(drift(args, samples[: args.drift_samples], device, dtype))
         if "bf16_vs_fp32_speedup" in figures:
             print(f"bf16 vs fp32 on {figures['drift_samples']} samples: max |IFD diff| "
                   f"{figures['bf16_vs_fp32_max_abs_ifd_diff']:.4f}, mean {figures['bf16_vs_fp32_mean_abs_ifd_diff']:.4f}"
                   f" (IFD std {figures['fp32_ifd_std']:.3f}), rank correlation {figures['bf16_vs_fp32_spearman']:.4f}, "
                   f"bf16 {figures['bf16_vs_fp32_speedup']:.2f}x fp32", flush=True)
         else:
-            print("bf16 vs fp32: skipped, this CPU has no native bf16 (raysel scores in fp32 here)", flush=True)
+            print("bf16 vs fp32: skipped, raysel scores in fp32 here", flush=True)
         print(f"fp32 raysel vs fp32 reference on {figures['drift_samples']} samples: max |IFD diff| "
               f"{figures['fp32_max_abs_ifd_diff_vs_reference']:.1e}", flush=True)
     if args.pipeline:
