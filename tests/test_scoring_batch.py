@@ -99,7 +99,7 @@ def test_shared_prefix_runs_once_and_changes_no_score(model_and_tokenizer, paddi
     for g, w in zip(got, want, strict=True):
         assert (g.l_cond, g.l_prior, g.ifd) == pytest.approx((w.l_cond, w.l_prior, w.ifd), abs=1e-5)
         torch.testing.assert_close(g.embedding, w.embedding, atol=1e-5, rtol=1e-5)
-    # A second call with the same prefixes reuses their caches: only the suffixes are computed.
+    # A second call with the same prefix reuses its cache: only the suffixes are computed.
     before = shared.stats["forward_tokens"]
     again = shared.score(SAMPLES)
     assert shared.stats["forward_tokens"] - before == before - len(shared._prefix.ids)

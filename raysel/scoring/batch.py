@@ -140,10 +140,10 @@ def shared_prefix(seqs: list[_Seq], min_length: int = MIN_SHARED_PREFIX) -> tupl
     answer token. A sample with a system prompt of its own only leaves the group, so it cannot
     cost the rest their sharing. One sequence alone shares nothing."""
     fits = [i for i, s in enumerate(seqs) if s.start - 1 >= min_length]
-    heads = Counter(tuple(seqs[i].ids[:min_length]) for i in fits)
-    if not heads or heads.most_common(1)[0][1] < 2:
+    heads = Counter(tuple(seqs[i].ids[:min_length]) for i in fits).most_common(1)
+    if not heads or heads[0][1] < 2:
         return 0, []
-    head = list(heads.most_common(1)[0][0])
+    head = list(heads[0][0])
     members = [i for i in fits if seqs[i].ids[:min_length] == head]
     first, limit = seqs[members[0]].ids, min(seqs[i].start - 1 for i in members)
     n = min_length

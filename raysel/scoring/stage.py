@@ -270,7 +270,8 @@ def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, 
     if with_embeddings and embedding_parts:
         embeddings = pa.concat_tables(embedding_parts).sort_by("id")
     elif with_embeddings:  # nothing was scored: an empty file of the right shape
-        embeddings = pa.table({"id": pa.array([], pa.string()), "embedding": pa.array([], pa.list_(pa.float16(), 1))})
+        embeddings = pa.table({"id": pa.array([], pa.string()),
+                               "embedding": pa.array([], pa.list_(pa.float16(), 1))})
     return scores, embeddings, len(workers), dtypes
 
 
