@@ -5,7 +5,7 @@
 
 In one run, on the same samples and the same tokens:
 - raysel: `BatchScorer` (length-sorted micro-batches, the shared template prefix run once,
-  LM head on answer positions only), tokenisation included;
+  LM head on answer positions only, a vocabulary slice at a time), tokenisation included;
 - reference: one sample at a time, two forward passes with full logits and transformers' own
   loss (the way the reference IFD code does it), on pre-tokenised ids, in the same dtype;
 - the two take turns on groups of samples, so that other jobs on a shared machine slow both alike;
@@ -42,6 +42,8 @@ def parse_args():
     # says why); the reference loop gets the same. Use --threads 2 to see a two-thread actor.
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tokens-per-forward", type=int, default=0, help="0: raysel's default for the device")
+    p.add_argument("--vocab-chunk", type=int, default=None,
+                   help="vocabulary ids per LM-head slice (default: raysel's for the device; 0: the whole vocabulary)")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--group", type=int, default=60, help="samples per turn of raysel and the reference")
     p.add_argument("--probe-seconds", type=float, default=0.3, help="matmul probe before and after every turn")
@@ -102,11 +104,12 @@ def non_embedding_params(model) -> int:
 
 def make_scorer(model, tokenizer, args, device: str):
     from raysel.scoring.batch import BatchScorer
-    from raysel.scoring.stage import default_tokens_per_forward
+    from raysel.scoring.stage import VOCAB_CHUNK, default_tokens_per_forward
 
     budget = args.tokens_per_forward or default_tokens_per_forward(device, model.dtype)
+    vocab_chunk = VOCAB_CHUNK[device] if args.vocab_chunk is None else args.vocab_chunk
     return BatchScorer(model, tokenizer, max_length=args.max_length, token_budget=budget,
-                       share_prefix=not args.no_share_prefix)
+                       vocab_chunk=vocab_chunk, share_prefix=not args.no_share_prefix)
 
 
 def score_raysel(scorer, samples, device: str):
@@ -172,7 +175,7 @@ def compare(model, tokenizer, samples, encoded, args, device: str, probe, flops_
         print(f"  group {g}: {len(ours)} samples, raysel {sum(t[0] for t in turns['raysel']):.1f}s, reference "
               f"{sum(t[0] for t in turns['reference']):.1f}s, matmul probe {probes[-1] / 1e9:.0f} GFLOP/s", flush=True)
     diffs = [abs(a - b) for a, b in zip(ours, ref, strict=True)]
-    out = {"ifds": ours, "stats": scorer.stats, "budget": scorer.token_budget,
+    out = {"ifds": ours, "stats": scorer.stats, "budget": scorer.token_budget, "vocab_chunk": scorer.vocab_chunk,
            "limit_best": max(probes), "limit_lowest": min(probes), "probes": len(probes),
            "max_abs_ifd_diff": max(diffs), "max_rel_ifd_diff": max(d / b for d, b in zip(diffs, ref, strict=True))}
     # Each group's own ratio shows how far the machine's swings move the overall one.
@@ -317,7 +320,7 @@ def main() -> None:
         computed_tokens_per_s=round(stats["forward_tokens"] / seconds, 1),
         shared_prefix_fraction=stats["prefix_tokens"] / tokens,
         reference_tokens_per_s=round(tokens / ref_seconds, 1), reference_seconds=round(ref_seconds, 2),
-        speedup_vs_reference=ref_seconds / seconds, tokens_per_forward=r["budget"],
+        speedup_vs_reference=ref_seconds / seconds, tokens_per_forward=r["budget"], vocab_chunk=r["vocab_chunk"],
         speedup_group_min=r["group_speedups"][0], speedup_group_max=r["group_speedups"][-1],
         speedup_group_median=statistics.median(r["group_speedups"]),
         padding_fraction=1 - stats["forward_tokens"] / stats["padded_tokens"],

@@ -62,6 +62,7 @@ class ScoringConfig:
     embeddings: bool = True  # pooled hidden states, from the same forward pass
     embedding_layer: int = -1  # hidden-state layer to pool (-1: last)
     lm_head_chunk: int = 2048  # answer positions per LM-head/cross-entropy chunk
+    vocab_chunk: int = 0  # vocabulary ids per slice of that chunk's logits (0: 2048 on CPU, 16384 on GPU)
     # Run the token prefix that the texts share (the template's system turn) once and score on
     # top of its key/value cache: exact, and 20% fewer tokens to compute on the demo pool.
     share_prefix: bool = True
@@ -144,6 +145,7 @@ POSITIVE = {
     "training.batch_size", "training.gradient_accumulation", "training.epochs",
     "training.num_workers", "training.lora_r", "training.learning_rate", "training.log_every",
 }
+AUTOMATIC_AT_ZERO = {"scoring.tokens_per_forward", "scoring.vocab_chunk", "training.cpus_per_worker"}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -226,11 +228,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 
 
 def _check_values(cfg: Config) -> None:
-    for key in POSITIVE:
+    for key in POSITIVE | AUTOMATIC_AT_ZERO:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value is not None and value <= 0:
+        if key in POSITIVE and value is not None and value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
+        if key in AUTOMATIC_AT_ZERO and value < 0:
+            raise ConfigError(f"{key}: 0 (automatic) or more, got {value}")
     if not 0.0 <= cfg.selection.diversity_decay <= 1.0:
         raise ConfigError(f"selection.diversity_decay: must be in [0, 1], got {cfg.selection.diversity_decay}")
     t = cfg.selection.dedup_threshold
@@ -238,8 +242,6 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"selection.dedup_threshold: a cosine similarity in [-1, 1], got {t}")
     if cfg.selection.k >= 1 and cfg.selection.k != int(cfg.selection.k):
         raise ConfigError(f"selection.k: a count must be whole, got {cfg.selection.k}")
-    if cfg.training.cpus_per_worker < 0:
-        raise ConfigError(f"training.cpus_per_worker: 0 (automatic) or more, got {cfg.training.cpus_per_worker}")
     if cfg.pool.limit is not None and cfg.pool.limit <= 0:
         raise ConfigError(f"pool.limit: must be positive, got {cfg.pool.limit}")
 

@@ -57,13 +57,14 @@ def reference_ifd(model, tokenizer, prompt, response, max_length, prior_context=
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_batched_scores_equal_one_sample_at_a_time(model_and_tokenizer, padding_side):
     model, tokenizer = model_and_tokenizer
-    # A small token budget and LM-head chunk force several micro-batches and chunks.
+    # A small token budget, LM-head chunk and vocabulary slice (not a divisor of the tiny
+    # model's 512 ids) force several micro-batches, chunks and slices; alone, the whole vocabulary.
     scorer = BatchScorer(model, tokenizer, max_length=256, padding_side=padding_side, token_budget=600,
-                         lm_head_chunk=16)
+                         lm_head_chunk=16, vocab_chunk=100)
     batched = scorer.score(SAMPLES)
     assert scorer.stats["padded_tokens"] > scorer.stats["forward_tokens"]  # padding really happened
     for sample, got in zip(SAMPLES, batched, strict=True):
-        alone = BatchScorer(model, tokenizer, max_length=256).score([sample])[0]
+        alone = BatchScorer(model, tokenizer, max_length=256, vocab_chunk=0).score([sample])[0]
         assert got.status == alone.status == "scored"
         assert got.n_answer_tokens == alone.n_answer_tokens
         assert got.l_cond == pytest.approx(alone.l_cond, abs=1e-4)
@@ -75,7 +76,7 @@ def test_batched_scores_equal_one_sample_at_a_time(model_and_tokenizer, padding_
 @pytest.mark.parametrize("prior_context", ["template", "plain"])
 def test_ifd_matches_full_logits_reference(model_and_tokenizer, prior_context):
     model, tokenizer = model_and_tokenizer
-    scorer = BatchScorer(model, tokenizer, max_length=256, prior_context=prior_context)
+    scorer = BatchScorer(model, tokenizer, max_length=256, prior_context=prior_context, vocab_chunk=64)
     scores = scorer.score(SAMPLES)
     assert scorer.stats["prefix_tokens"] > 0  # the oracle checks the shared-prefix path too
     for (prompt, response), got in zip(SAMPLES, scores, strict=True):
@@ -131,6 +132,27 @@ def test_shared_prefix_is_exact_across_model_families(tiny_model_dir, family):
     for (prompt, response), got in zip(SAMPLES, scores, strict=True):
         l_cond, l_prior, ifd, _ = reference_ifd(model, tokenizer, prompt, response, 256)
         assert (got.l_cond, got.l_prior, got.ifd) == pytest.approx((l_cond, l_prior, ifd), abs=1e-4)
+
+
+def test_vocabulary_slices_handle_a_head_bias_and_a_logit_softcap(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir))
+    torch.manual_seed(2)
+    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.normal_(0, 2.0)
+    model.lm_head = head  # the model's own forward (the oracle's) adds the bias too
+    sliced = BatchScorer(model, tokenizer, vocab_chunk=100).score(SAMPLES)
+    for (prompt, response), got in zip(SAMPLES, sliced, strict=True):
+        l_cond, l_prior, _, _ = reference_ifd(model, tokenizer, prompt, response, 1024)
+        assert (got.l_cond, got.l_prior) == pytest.approx((l_cond, l_prior), abs=1e-4)
+    model.config.final_logit_softcapping = 0.5  # Gemma 2's; tanh squashes each logit alike
+    capped = BatchScorer(model, tokenizer, vocab_chunk=100).score(SAMPLES)
+    whole = BatchScorer(model, tokenizer, vocab_chunk=0).score(SAMPLES)
+    for c, w, s in zip(capped, whole, sliced, strict=True):
+        assert (c.l_cond, c.l_prior) == pytest.approx((w.l_cond, w.l_prior), abs=1e-5)
+        assert abs(c.l_cond - s.l_cond) > 1e-2  # the cap took part
 
 
 def _seqs(*rows, start=8):

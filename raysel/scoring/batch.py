@@ -8,8 +8,9 @@ Plain torch, no Ray: the Ray actor in `raysel.scoring.stage` wraps `BatchScorer`
 How it stays fast:
 - The conditioned and the prior sequences of every sample go into one pool, sorted by length,
   and are cut into forward micro-batches under a padded-token budget: little padding, big matmuls.
-- The LM head and the cross-entropy run on the answer positions only, a chunk at a time: the
-  full [batch, sequence, vocabulary] logits tensor never exists.
+- The LM head and the cross-entropy run on the answer positions only, a chunk of positions and
+  a slice of the vocabulary at a time: the full [batch, sequence, vocabulary] logits tensor
+  never exists, and on CPU each slice's logits stay in cache.
 - The token prefix that the texts of a call share (the chat template's system turn: 22 of the
   110 tokens of an average demo-pool text) runs once; its key/value cache is kept and each
   micro-batch computes only what follows it. Causal attention makes this exact: a token's keys
@@ -201,8 +202,8 @@ class BatchScorer:
 
     def __init__(self, model, tokenizer, max_length: int = 1024, prior_context: str = "template",
                  embeddings: bool = True, embedding_layer: int = -1, token_budget: int = 8192,
-                 max_seqs: int = 256, lm_head_chunk: int = 2048, padding_side: str = "right",
-                 share_prefix: bool = True):
+                 max_seqs: int = 256, lm_head_chunk: int = 2048, vocab_chunk: int = 2048,
+                 padding_side: str = "right", share_prefix: bool = True):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.model, self.tokenizer = model, tokenizer
@@ -211,6 +212,7 @@ class BatchScorer:
         self.embeddings, self.padding_side = embeddings, padding_side
         self.layer = self._resolve_layer(embedding_layer)
         self.token_budget, self.max_seqs, self.lm_head_chunk = token_budget, max_seqs, lm_head_chunk
+        self.vocab_chunk = vocab_chunk  # 0: the whole vocabulary at once
         self.share_prefix = share_prefix
         self._prefix: _Prefix | None = None  # the last call's, reused while calls share it
         # transformers 5 renamed the forward's `past_key_values` to `cache`.
@@ -344,14 +346,39 @@ class BatchScorer:
         sums = torch.zeros(len(seqs), dtype=torch.float64, device=self.device)
         for lo in range(0, len(positions), self.lm_head_chunk):
             chunk = slice(lo, lo + self.lm_head_chunk)
-            # Logits in the model's dtype, cross-entropy in fp32 (as transformers' own loss does).
-            logits = self.head(flat_hidden[positions[chunk]]).float()
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            nll = F.cross_entropy(logits, targets[chunk], reduction="none")
+            nll = self._cross_entropy(flat_hidden[positions[chunk]], targets[chunk])
             sums.index_add_(0, owners[chunk], nll.double())
         self.stats["lm_head_positions"] += len(positions)
         return sums.cpu()
+
+    def _cross_entropy(self, hidden, targets) -> torch.Tensor:
+        """-log softmax(head(hidden))[target] per position, a slice of the vocabulary at a time:
+        the log-sum-exp of each slice's logits, combined at the end, and the target's logit taken
+        from its slice. Logits in the model's dtype, the rest in fp32 (as transformers' loss does).
+        On CPU a [positions, 2048] slice stays in cache: with SmolLM2's 49152-token vocabulary,
+        600 positions took 290-340 ms against 375-435 ms for the whole vocabulary at once."""
+        lse, target_logit = [], torch.zeros(len(targets), device=hidden.device)
+        for lo, logits in self._logit_slices(hidden):
+            logits = logits.float()
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            lse.append(torch.logsumexp(logits, dim=-1))
+            local = targets - lo
+            inside = (local >= 0) & (local < logits.shape[-1])
+            picked = logits.gather(1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(1)).squeeze(1)
+            target_logit = torch.where(inside, picked, target_logit)
+        return torch.logsumexp(torch.stack(lse, dim=-1), dim=-1) - target_logit
+
+    def _logit_slices(self, hidden):
+        """(first vocabulary id, logits) of each `vocab_chunk` slice of a plain linear head; any
+        other head (a PEFT adapter on it, say) in one piece."""
+        if type(self.head) is not torch.nn.Linear or not self.vocab_chunk:
+            yield 0, self.head(hidden)
+            return
+        weight, bias = self.head.weight, self.head.bias
+        for lo in range(0, weight.shape[0], self.vocab_chunk):
+            hi = lo + self.vocab_chunk
+            yield lo, F.linear(hidden, weight[lo:hi], None if bias is None else bias[lo:hi])
 
     @staticmethod
     def _pool(states, mask, rows: list[int], prefix: _Prefix | None) -> dict[int, torch.Tensor]:

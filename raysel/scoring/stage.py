@@ -53,6 +53,10 @@ MAX_AUTO_CPU_ACTORS = 8
 # On GPU bigger batches keep the device busy.
 CPU_TOKENS_PER_FORWARD = {"bfloat16": 4096, "float32": 1024}
 GPU_TOKENS_PER_FORWARD = 65536
+# LM-head logits a vocabulary slice at a time. On CPU a [positions, 2048] slice stays in cache:
+# head and cross-entropy 25% faster than the whole vocabulary at once (SmolLM2, fp32, 600
+# positions, one thread). On GPU bigger slices keep the matmuls big and still bound the memory.
+VOCAB_CHUNK = {"cpu": 2048, "cuda": 16384}
 
 
 def default_tokens_per_forward(device: str, dtype) -> int:
@@ -132,7 +136,8 @@ class Scorer:
         self.scorer = BatchScorer(model.to(device), tokenizer, max_length=cfg.model.max_length,
                                   prior_context=s.prior_context, embeddings=s.embeddings,
                                   embedding_layer=s.embedding_layer, token_budget=budget,
-                                  lm_head_chunk=s.lm_head_chunk, share_prefix=s.share_prefix)
+                                  lm_head_chunk=s.lm_head_chunk, vocab_chunk=s.vocab_chunk or VOCAB_CHUNK[device],
+                                  share_prefix=s.share_prefix)
         self.dtype = str(dtype).removeprefix("torch.")
         log.info("scorer ready: %s on %s, %s, %d threads", model_path, device, dtype, threads)
 
