@@ -16,7 +16,8 @@ In one run, on the same samples and the same tokens:
   (`fraction_of_best_probe`, the strictest reading);
 - where raysel scores in bf16, the bf16-versus-fp32 IFD drift (and speed) on a subset; always
   fp32 raysel against the fp32 reference (the batched method itself is exact: the differences
-  are rounding only).
+  are rounding only), and the same with the tokenizer's BOS removed and prior_context=plain,
+  against a reference that encodes the plain prior itself (EOS + the answer's tokens).
 Tokens per second count the tokens of the conditioned and prior texts as scored, the same for
 both. FLOPs count the work actually done: 2 x non-embedding parameters x tokens computed (raysel
 computes a shared prefix once, not per text), plus 2 x hidden x vocabulary per LM-head position
@@ -188,6 +189,44 @@ def compare(model, tokenizer, samples, encoded, args, device: str, probe, flops_
     return out
 
 
+def no_bos_plain(args, samples, device: str) -> dict:
+    """fp32 raysel with prior_context=plain and the tokenizer's BOS removed (as Qwen2's has none)
+    against a reference that encodes independently: the prior is EOS + the answer's own tokens,
+    with the same n leading answer tokens scored in both texts."""
+    import copy
+
+    import torch
+
+    from raysel.models import load_model, load_tokenizer
+    from raysel.templates import render
+
+    tokenizer = copy.deepcopy(load_tokenizer(args.model))
+    tokenizer.bos_token = None
+    model = load_model(args.model, dtype=torch.float32).to(device)
+    scorer = make_scorer(model, tokenizer, args, device)
+    scorer.prior_context = "plain"
+    results = scorer.score(samples)
+
+    def loss(ids, start, n):
+        x = torch.tensor([ids], device=device)
+        labels = torch.full_like(x, -100)
+        labels[0, start: start + n] = x[0, start: start + n]
+        return model(input_ids=x, labels=labels).loss.item()
+
+    diffs = []
+    with torch.inference_mode():
+        for (prompt, response), got in zip(samples, results, strict=True):
+            cond = render(tokenizer, prompt, response, args.max_length)
+            answer = tokenizer(response, add_special_tokens=False)["input_ids"]
+            n = min(cond.n_answer, len(answer), args.max_length - 1)
+            if n == 0:
+                continue
+            ifd = math.exp(loss(cond.input_ids, cond.answer_start, n) -
+                           loss([tokenizer.eos_token_id, *answer[:n]], 1, n))
+            diffs.append(abs(got.ifd - ifd) if got.status == "scored" else math.inf)
+    return {"no_bos_plain_samples": len(diffs), "no_bos_plain_fp32_max_abs_ifd_diff_vs_reference": max(diffs)}
+
+
 def drift(args, samples, device: str, dtype) -> dict:
     """fp32 raysel against the fp32 reference (which shows the batched method itself is exact),
     and, where raysel scores in bf16, bf16 against fp32 raysel on the same samples (IFD and speed)."""
@@ -215,6 +254,7 @@ def drift(args, samples, device: str, dtype) -> dict:
             out["fp32_max_abs_ifd_diff_vs_reference"] = max(abs(a - b) for a, b in zip(ifds[name], ref, strict=True))
             out["fp32_ifd_std"] = _std(ifds[name])
         del model
+    out.update(no_bos_plain(args, samples, device))
     if "bf16" in ifds:
         diffs = [abs(a - b) for a, b in zip(ifds["fp32"], ifds["bf16"], strict=True)]
         rel = [abs(a - b) / a for a, b in zip(ifds["fp32"], ifds["bf16"], strict=True)]
@@ -355,7 +395,8 @@ def main() -> None:
         else:
             print("bf16 vs fp32: skipped, raysel scores in fp32 here", flush=True)
         print(f"fp32 raysel vs fp32 reference on {figures['drift_samples']} samples: max |IFD diff| "
-              f"{figures['fp32_max_abs_ifd_diff_vs_reference']:.1e}", flush=True)
+              f"{figures['fp32_max_abs_ifd_diff_vs_reference']:.1e}; without BOS, prior_context=plain: "
+              f"{figures['no_bos_plain_fp32_max_abs_ifd_diff_vs_reference']:.1e}", flush=True)
     if args.pipeline:
         figures.update(pipeline(args))
         print(f"pipeline: {figures['pipeline_rows_scored']} rows in {figures['pipeline_seconds']:.1f}s "

@@ -1,4 +1,4 @@
-"""IterIT: score, select, fine-tune, re-score, select again (ALGORITHMS.md 1).
+"""IterIT: score, select, fine-tune, re-score, select again (docs/methods.md).
 
     python jobs/iterit.py                                   # demo pool, SmolLM2-135M, LoRA, 3 rounds
     python jobs/iterit.py --config configs/tiny.yaml --run-dir runs/tiny

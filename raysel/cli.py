@@ -41,16 +41,21 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", metavar="DIR",
                         help="run directory (default: runs/<job>-<timestamp>); same as --set run.dir=DIR")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its last completed stage")
+                        help="continue the run in --run-dir from its last completed stage, with the config "
+                             "it started with (a --config or --set that changes results is refused)")
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] = ()):
+def config_from_args(args: argparse.Namespace, extra: list[str] = (), in_run: bool = False):
+    """The config of --config (default configs/demo.yaml) and --set. With --resume (or `in_run`: a
+    stage run by hand in an existing run directory) and no --config, the run's own config.yaml."""
     overrides = [*args.overrides, *extra]
     if args.run_dir:
         overrides.append(f"run.dir={args.run_dir}")
-    if getattr(args, "resume", False):
-        overrides.append("run.resume=true")
-    return load_config(args.config, overrides)
+    base = args.config
+    saved = Path(args.run_dir) / "config.yaml" if args.run_dir else None
+    if base is None and (getattr(args, "resume", False) or in_run) and saved and saved.exists():
+        base = saved
+    return load_config(base, overrides)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -75,7 +80,7 @@ def _stage_setup(args):
     """Config, run directory (existing or new) and Ray for a single stage run by hand."""
     from raysel.stages import ingest_stage, open_run, start_ray
 
-    cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [])
+    cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [], in_run=True)
     if not hasattr(args, "pool") and not (cfg.run.dir and (Path(cfg.run.dir) / "rows.parquet").exists()):
         raise UserError(f"--run-dir must name a run directory holding rows.parquet (got {cfg.run.dir!r}): run "
                         "`raysel ingest` or `raysel score` there first")

@@ -10,6 +10,7 @@ and demo model (generated / fetched into the cache on first use).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,11 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+# Fields that say where and how a run executes, not what it computes: the only ones a resumed run
+# may change (raysel.runs.RunDir.create).
+RUN_NEUTRAL = {"ray.address", "ray.num_cpus", "run.dir"}
+
+log = logging.getLogger(__name__)
 
 
 class UserError(ValueError):
@@ -39,14 +45,16 @@ class PoolConfig:
     input_field: str = "input"
     output_field: str = "output"
     messages_field: str = "messages"
-    limit: int | None = None  # read only the first N records (for quick trials)
+    # Read only the first N records (for quick trials). A limit belongs to the pool it was set
+    # with: a config file's limit does not follow a --set pool.path to another pool.
+    limit: int | None = None
 
 
 @dataclass
 class ModelConfig:
     path: str = "demo"  # local folder, Hugging Face id (offline cache), .gguf file, or "demo"
     trust_remote_code: bool = False
-    max_length: int = 1024  # tokens; longer texts are cut (ALGORITHMS.md 1.1)
+    max_length: int = 1024  # tokens; longer texts are cut (docs/methods.md, IFD)
 
 
 @dataclass
@@ -61,6 +69,9 @@ class ScoringConfig:
     cpus_per_actor: int = 0  # torch threads per CPU actor (0: CPUs / actors, see raysel/scoring/stage.py)
     embeddings: bool = True  # pooled hidden states, from the same forward pass
     embedding_layer: int = -1  # hidden-state layer to pool (-1: last)
+    # Tokens the embedding averages: `response`, the answer tokens of the conditioned text (a system
+    # prompt shared by every text would pull all cosines together); `text`, the whole conditioned text.
+    embedding_span: Literal["response", "text"] = "response"
     lm_head_chunk: int = 2048  # answer positions per LM-head/cross-entropy chunk
     vocab_chunk: int = 0  # vocabulary ids per slice of that chunk's logits (0: 2048 on CPU, 16384 on GPU)
     # Run the token prefix that the texts share (the template's system turn) once and score on
@@ -70,7 +81,10 @@ class ScoringConfig:
 
 @dataclass
 class SelectionConfig:
-    method: Literal["iterit", "random", "ifd", "full", "kcenter"] = "iterit"
+    # iterit; ifd (IFD re-scored by the tuned model each round, no diversity: IterIT's ablation);
+    # ifd_static (top-k IFD of the base model, scored once, the same k every round); random;
+    # kcenter; full (every valid row, one round). docs/methods.md says how each works.
+    method: Literal["iterit", "ifd", "ifd_static", "random", "kcenter", "full"] = "iterit"
     k: float = 0.05  # below 1: a fraction of the valid pool; 1 or more: a count
     diversity: Literal["tfidf", "embedding"] = "tfidf"
     features: Literal["hashed", "exact"] = "hashed"
@@ -122,7 +136,6 @@ class RayConfig:
 class RunConfig:
     dir: str | None = None  # default: runs/<job>-<timestamp>
     seed: int = 0
-    resume: bool = False
 
 
 @dataclass
@@ -156,6 +169,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (pool, model, ...)")
+    if isinstance(raw.get("run"), dict):
+        raw["run"].pop("resume", None)  # saved by raysel before 0.2; --resume is not a setting
+    file_pool = dict(raw.get("pool") or {})
+    set_keys = set()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
@@ -165,7 +182,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{section}: expected a mapping")
         raw[section][name] = yaml.safe_load(value) if value != "" else None
+        set_keys.add(key)
+    _scope_pool_limit(raw, file_pool, set_keys, path)
     return from_dict(raw)
+
+
+def _scope_pool_limit(raw: dict, file_pool: dict, set_keys: set[str], path: Path) -> None:
+    """A config file's pool.limit belongs to the file's pool.path: a pool named with --set
+    pool.path is read whole unless --set pool.limit is given too (the demo's 500-row slice
+    must never cut a user's own pool)."""
+    limit = file_pool.get("limit")
+    if not limit or "pool.path" not in set_keys or "pool.limit" in set_keys:
+        return
+    if raw["pool"].get("path") != file_pool.get("path", PoolConfig.path):
+        raw["pool"]["limit"] = None
+        log.info("pool.limit=%s of %s belongs to its pool.path=%s; %s is read whole (--set pool.limit=N "
+                 "to cut it)", limit, path.name, file_pool.get("path", PoolConfig.path), raw["pool"]["path"])
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -254,3 +286,14 @@ def resolve_k(k: float, n_valid: int) -> int:
 
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def flat(cfg: Config) -> dict[str, Any]:
+    """{"section.field": value} of every field."""
+    return {f"{section}.{name}": value for section, fields in cfg.to_dict().items() for name, value in fields.items()}
+
+
+def result_changes(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved value, new value)} of the fields that differ and can change results."""
+    old, new = flat(saved), flat(cfg)
+    return {k: (old[k], new[k]) for k in old if k not in RUN_NEUTRAL and old[k] != new[k]}

@@ -316,7 +316,30 @@ def ingest(fields: PoolConfig, out_path: str | Path) -> dict:
         ds = ds.map_batches(_apply_renames, fn_kwargs={"renames": ray.put(renames)}, batch_format="pyarrow")
     with atomic_output(out_path) as tmp:
         ds.write_parquet(str(Path(tmp).resolve()))
-    return count_rows(keys, renames)
+    counts = count_rows(keys, renames)
+    if fields.limit and counts["records"] >= fields.limit:
+        counts.update(limit=fields.limit, records_present=count_records(files))
+        log.warning("pool.limit=%d: read the first %d records of %s, which holds %s", fields.limit,
+                    counts["records"], fields.path, counts["records_present"] or "more (count unknown)")
+    return counts
+
+
+def count_records(files: list[tuple[str, str]]) -> int | None:
+    """Records in the input where that is cheap to know (JSONL lines, Parquet metadata), else None."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path, fmt in files:
+        if fmt == "parquet":
+            fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+            total += pq.read_metadata(inner, filesystem=fs).num_rows  # the footer only
+        elif fmt == "jsonl":
+            with _open(path) as f:
+                total += sum(1 for line in f.read().split(b"\n") if line.strip())
+        else:
+            return None
+    return total
 
 
 def _find_cause(error: BaseException, kind: type) -> BaseException | None:

@@ -19,7 +19,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from raysel.config import Config, dump_config
+from raysel.config import Config, UserError, dump_config, load_config, result_changes
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,30 @@ class RunDir:
         self.path = Path(path)
         self.manifest_path = self.path / "manifest.json"
         self.markers = self.path / ".done"
+        self.config_changes: dict = {}  # fields this process runs with that differ from config.yaml
 
     @classmethod
-    def create(cls, cfg: Config, job: str, reuse: bool = False) -> RunDir:
-        """Open the run directory for a job: a fresh one, or the same one again with --resume
-        (or `reuse`: a single stage run by hand in an existing run directory)."""
+    def create(cls, cfg: Config, job: str, resume: bool = False, reuse: bool = False) -> RunDir:
+        """Open the run directory for a job: a fresh one, or the same one again with `resume`
+        (or `reuse`: a single stage run by hand in an existing run directory).
+
+        config.yaml is written once, when the run starts, and never rewritten. A resume whose
+        config differs from it in a field that changes results is refused; a stage run by hand
+        with other settings records the fields that differ in its own stats."""
         run = cls(cfg.run.dir or default_run_dir(job))
-        if run.path.exists() and any(run.path.iterdir()) and not (cfg.run.resume or reuse):
+        if run.path.exists() and any(run.path.iterdir()) and not (resume or reuse):
             raise FileExistsError(f"run directory {run.path} is not empty: pass --resume to continue it, "
                                   "or choose another --run-dir")
         run.markers.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run.path / "config.yaml")
+        saved = run.path / "config.yaml"
+        if saved.exists():
+            run.config_changes = result_changes(load_config(saved), cfg)
+            if run.config_changes and resume:
+                raise UserError(f"{run.path} was started with another config; a resumed run keeps its own. "
+                                f"Fields that differ: {_describe(run.config_changes)}. Resume without those "
+                                "--config/--set changes, or start a new --run-dir")
+        else:
+            dump_config(cfg, saved)
         manifest = run.read_manifest()
         manifest.setdefault("job", job)
         manifest.setdefault("created", datetime.now().isoformat(timespec="seconds"))
@@ -69,6 +82,8 @@ class RunDir:
         """Record a stage as complete, with its stats and its wall time (`seconds` wins)."""
         self.markers.mkdir(parents=True, exist_ok=True)
         stats = stats or {}
+        if self.config_changes:  # a stage run by hand with other settings says so
+            stats = {**stats, "config_differs": {k: new for k, (_, new) in self.config_changes.items()}}
         record = {**stats, "seconds": round(seconds, 3)}
         _atomic_write_text(self.markers / f"{stage}.json", json.dumps(record, indent=2))
         manifest = self.read_manifest()
@@ -92,6 +107,10 @@ class RunDir:
         manifest = self.read_manifest()
         manifest.update(fields)
         self.write_manifest(manifest)
+
+
+def _describe(changes: dict) -> str:
+    return ", ".join(f"{k} ({old!r} -> {new!r})" for k, (old, new) in changes.items())
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 RESCORE_POOL_FILE = "rescore_pool.txt"  # rolling: the ids the next round re-scores, best first
 
 
-def open_run(cfg: Config, job: str, reuse: bool = False) -> RunDir:
-    return RunDir.create(cfg, job, reuse=reuse)
+def open_run(cfg: Config, job: str, resume: bool = False, reuse: bool = False) -> RunDir:
+    return RunDir.create(cfg, job, resume=resume, reuse=reuse)
 
 
 def start_ray(cfg: Config):
@@ -49,7 +49,8 @@ def ingest_stage(run: RunDir, cfg: Config, force: bool = False) -> dict:
         counts = ingest(fields, run.path / "rows.parquet")
     run.mark_done("ingest", t(), counts)
     run.update_manifest(counts=counts)
-    log.info("ingested %d records: %d valid, %d invalid %s", counts["records"], counts["valid"],
+    cut = f" (cut by pool.limit from {counts.get('records_present') or 'more'})" if "limit" in counts else ""
+    log.info("ingested %d records%s: %d valid, %d invalid %s", counts["records"], cut, counts["valid"],
              counts["invalid"], counts["invalid_by_reason"])
     return counts
 
@@ -68,23 +69,25 @@ def score_stage(run: RunDir, cfg: Config, r: int, model: str, ids: list[str] | N
 
 
 def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
-                 candidate_ids: list[str] | None = None) -> dict:
-    """round-R/selection.parquet and selected.jsonl. Returns the ranked and the selected ids, and
-    the next round's re-score pool (round-R/rescore_pool.txt when it is not the ranking's top)."""
+                 candidate_ids: list[str] | None = None, scores_round: int | None = None) -> dict:
+    """round-R/selection.parquet and selected.jsonl, on round `scores_round`'s scores (default r).
+    Returns the ranked and the selected ids, and the next round's re-score pool
+    (round-R/rescore_pool.txt when it is not the ranking's top)."""
     from raysel.selection.stage import rank_pool, ranked_ids, select_round
 
     stage = f"select-{r}"
     out = run.round_dir(r)
+    scores_path = _scores_path(run, cfg, r if scores_round is None else scores_round)
     # Rolling: the next re-score pool is re-drawn from every row's newest scores, so rows
-    # outside this round's pool can come back in (ALGORITHMS.md 1.4). Methods without scores
+    # outside this round's pool can come back in (docs/methods.md, Rounds). Methods without scores
     # (random) keep their own ranking.
     redraw = (cfg.selection.rescore_pool == "rolling" and candidate_ids is not None
-              and _scores_path(run, cfg, r) is not None)
+              and scores_path is not None)
     if not run.is_done(stage):
         with timed() as t:
             # The newest embeddings of every row hold round r's for its pool: one read serves both.
             embeddings = _embeddings(run, cfg, r, newest=redraw)
-            summary = select_round(run.path / "rows.parquet", _scores_path(run, cfg, r), out, cfg.selection,
+            summary = select_round(run.path / "rows.parquet", scores_path, out, cfg.selection,
                                    k=k, n_rank=n_rank, seed=cfg.run.seed + r, candidate_ids=candidate_ids,
                                    embeddings=embeddings)
             if redraw:

@@ -1,7 +1,7 @@
 """Render a conversation with the tokenizer's chat template and find the answer's token span.
 
 Scoring and training both call `render`, so the tokens a sample is scored on are exactly
-the tokens it is trained on (ALGORITHMS.md 1.1). The answer span comes from token offsets
+the tokens it is trained on (docs/methods.md, IFD). The answer span comes from token offsets
 of the rendered text, never from a string search that whitespace trimming can break.
 """
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# For tokenizers without a chat template: plain turns, the answer closed by the EOS token.
+# For tokenizers without a chat template: plain turns after the BOS token (where the model has
+# one: base Llama-family models expect it), the answer closed by the EOS token.
 DEFAULT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
     "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
@@ -57,14 +59,24 @@ def render(tokenizer, prompt: list[dict], response: str, max_length: int) -> Ren
 
 
 def render_plain(tokenizer, response: str, max_length: int) -> Rendered:
-    """The bare answer text (Cherry-LLM's prior), after the BOS token when the model has one.
+    """The bare answer text (Cherry-LLM's prior) after one start token: BOS where the model has
+    one, else EOS, the document boundary that models without BOS (GPT-2, Qwen2) were trained on.
 
-    The span is the whole answer, its own trailing whitespace included (as in `render`, where
-    the end-of-turn token follows it). Position 0 is never in the span: nothing before it predicts it.
-    """
-    bos = tokenizer.bos_token or ""
-    text = bos + response
-    return _tokenize_span(tokenizer, text, len(bos), len(text), max_length, min_start=1)
+    Every answer token is then predicted by the position before it, so the prior scores the same
+    answer tokens as the conditioned text (without a start token the first one could not be
+    scored). The span is the whole answer, its own trailing whitespace included (as in `render`,
+    where the end-of-turn token follows it)."""
+    start = prior_start_token(tokenizer)
+    ids = [start, *tokenizer(response, add_special_tokens=False)["input_ids"]][:max_length]
+    return Rendered(ids, min(1, len(ids)), len(ids)) if response else Rendered(ids, 0, 0)
+
+
+def prior_start_token(tokenizer) -> int:
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError("the plain prior needs a BOS or an EOS token to start the answer from; the tokenizer "
+                     "has neither (set scoring.prior_context=template)")
 
 
 def _tokenize_span(tokenizer, text: str, start_char: int, end_char: int, max_length: int,

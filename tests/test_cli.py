@@ -49,3 +49,19 @@ def test_ingest_command_writes_rows_and_counts(tmp_path):
     assert (run_dir / "rows.parquet").exists() and (run_dir / "config.yaml").exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["ingest"]["records"] == 3 and "ray" in manifest["versions"]
+
+
+def test_a_pool_given_by_path_is_read_whole_under_the_default_config(tmp_path):
+    """The default config (configs/demo.yaml) cuts the demo pool to 500 rows; a user's own pool,
+    named with --pool, must not be cut by it (it silently was)."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": f"Q{i}", "output": f"A{i}"}) + "\n" for i in range(620)))
+    out = run("-m", "raysel.cli", "ingest", "--pool", str(pool), "--run-dir", str(tmp_path / "run"),
+              "--set", "ray.num_cpus=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout)
+    assert counts["records"] == counts["valid"] == 620 and "limit" not in counts
+    cut = run("-m", "raysel.cli", "ingest", "--pool", str(pool), "--run-dir", str(tmp_path / "cut"),
+              "--set", "ray.num_cpus=1", "--set", "pool.limit=100")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    assert json.loads(cut.stdout)["records_present"] == 620 and "read the first 100 records" in cut.stderr

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from raysel.config import CONFIG_DIR, ConfigError, load_config, resolve_k
+from raysel.config import CONFIG_DIR, ConfigError, UserError, dump_config, load_config, resolve_k
 
 
 def test_shipped_configs_load():
@@ -17,7 +17,7 @@ def test_shipped_configs_load():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("selection.method=magic", "selection.method: 'magic' is not allowed; choose one of iterit, random"),
+    ("selection.method=magic", "selection.method: 'magic' is not allowed; choose one of iterit, ifd, ifd_static"),
     ("selection.k=-3", "selection.k: must be positive"),
     ("selection.k=10.5", "selection.k: a count must be whole"),
     ("selection.diversity_decay=2", "selection.diversity_decay: must be in [0, 1]"),
@@ -45,3 +45,41 @@ def test_bad_yaml_file(tmp_path):
 def test_resolve_k():
     assert resolve_k(0.05, 1000) == 50 and resolve_k(200, 1000) == 200 and resolve_k(5000, 1000) == 1000
     assert resolve_k(0.0001, 100) == 1 and resolve_k(0.5, 0) == 0
+
+
+def test_a_config_files_pool_limit_stays_with_its_pool(tmp_path):
+    """demo.yaml's 500-row slice belongs to the demo pool: a pool named by path is read whole."""
+    assert load_config(None).pool.limit == 500  # the demo keeps its slice
+    assert load_config(None, ["pool.path=my.jsonl"]).pool.limit is None
+    assert load_config(None, ["pool.path=my.jsonl", "pool.limit=50"]).pool.limit == 50
+    assert load_config(None, ["pool.path=demo"]).pool.limit == 500
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"pool": {"path": "a.jsonl", "limit": 7}}))
+    assert load_config(tmp_path / "c.yaml").pool.limit == 7
+    assert load_config(tmp_path / "c.yaml", ["pool.path=b.jsonl"]).pool.limit is None
+
+
+def test_resume_keeps_the_config_the_run_started_with(tmp_path):
+    from raysel.runs import RunDir
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [f"run.dir={run_dir}", "selection.k=20"])
+    RunDir.create(cfg, "test")
+    saved = (run_dir / "config.yaml").read_text()
+    assert "resume" not in yaml.safe_load(saved)["run"]
+    RunDir.create(load_config(run_dir / "config.yaml", ["ray.num_cpus=1"]), "test", resume=True)  # run-neutral
+    with pytest.raises(UserError) as err:
+        RunDir.create(load_config(None, [f"run.dir={run_dir}", "selection.k=30"]), "test", resume=True)
+    assert "selection.k (20.0 -> 30.0)" in str(err.value)
+    # a stage run by hand with other settings records them in its stats, never in config.yaml
+    run = RunDir.create(load_config(run_dir / "config.yaml", ["selection.k=30"]), "test", reuse=True)
+    run.mark_done("select-0", 1.0, {"selected": 30})
+    assert run.stats("select-0")["config_differs"] == {"selection.k": 30.0}
+    assert (run_dir / "config.yaml").read_text() == saved
+
+
+def test_an_old_saved_config_with_run_resume_still_loads(tmp_path):
+    cfg = load_config(None)
+    dump_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text().replace("  seed: 0\n", "  seed: 0\n  resume: true\n")
+    (tmp_path / "config.yaml").write_text(text)
+    assert load_config(tmp_path / "config.yaml").run.seed == 0

@@ -77,6 +77,52 @@ def test_round_one_scores_with_the_tuned_model(uninterrupted):
     assert max(diffs) > 1e-4, "round 1 must score with round 0's weights, not the base model"
 
 
+def test_resume_keeps_the_runs_own_config(uninterrupted):
+    """--resume without --config continues with the run's config.yaml; a change that would alter
+    results is refused with the fields named, and config.yaml is never rewritten."""
+    run_dir, _ = uninterrupted
+    saved = (run_dir / "config.yaml").read_bytes()
+    resume = [sys.executable, "jobs/iterit.py", "--run-dir", str(run_dir), "--resume"]
+    out = subprocess.run([*resume, "--set", "selection.k=30"], cwd=ROOT, env=job_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "selection.k (20.0 -> 30.0)" in out.stderr
+    out = subprocess.run(resume, cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "round 1: selected 20" in out.stdout  # the tiny config's k, not the demo's
+    assert (run_dir / "config.yaml").read_bytes() == saved
+
+
+def test_rescore_pool_all_ranks_every_row_in_later_rounds(tmp_path):
+    """With `all`, round 1 scores and ranks every valid row, so its selection can (and here does)
+    hold rows outside round 0's top rescore_factor * k (it used to select from those only)."""
+    run_dir = tmp_path / "run"
+    run_job(run_dir, "--set", "selection.rescore_pool=all", "--set", "selection.rescore_factor=1")
+    top0 = {row["id"] for row in pq.read_table(run_dir / "round-0" / "selection.parquet").to_pylist()
+            if row["rank"] is not None}
+    assert len(top0) == 20  # rescore_factor 1: round 0 ranks k rows
+    rows = pq.read_table(run_dir / "round-1" / "selection.parquet").to_pylist()
+    valid = {r["id"] for r in pq.read_table(run_dir / "rows.parquet").to_pylist() if r["status"] == "valid"}
+    assert {r["id"] for r in pq.read_table(run_dir / "round-1" / "scores.parquet").to_pylist()} == valid
+    assert not any(r["reason"] == "not in re-score pool" for r in rows)
+    assert {i for _, i in selection(run_dir, 1)} - top0
+
+
+def test_round_plans():
+    """What each round scores and ranks (the loop follows these plans; the runs above show it)."""
+    from raysel.loops.iterit import RoundPlan, plan_round
+
+    pool = ["a", "b"]
+    assert plan_round("iterit", "fixed", 0, None) == RoundPlan(True, None, 0)
+    assert plan_round("iterit", "fixed", 1, pool) == RoundPlan(True, pool, 1)
+    assert plan_round("iterit", "rolling", 2, pool) == RoundPlan(True, pool, 2)
+    assert plan_round("iterit", "all", 1, pool) == RoundPlan(True, None, 1)  # ranks every row
+    assert plan_round("ifd", "fixed", 1, pool) == RoundPlan(True, pool, 1)
+    assert plan_round("ifd_static", "fixed", 0, None) == RoundPlan(True, None, 0)
+    assert plan_round("ifd_static", "fixed", 1, pool) == RoundPlan(False, None, 0)  # base model's scores
+    assert plan_round("random", "fixed", 1, pool) == RoundPlan(False, pool, 1)
+
+
 def _kill_after(run_dir: Path, marker: str, proc: subprocess.Popen, timeout=900):
     deadline = time.time() + timeout
     while not (run_dir / ".done" / marker).exists():

@@ -115,6 +115,9 @@ def test_limit(ray_session, tmp_path):
     lines = [(json.dumps({"instruction": f"Q{i}", "output": f"A{i}"}), None) for i in range(20)]
     counts = ingest(PoolConfig(path=str(write_lines(tmp_path / "p.jsonl", lines)), limit=5), tmp_path / "r.parquet")
     assert counts["records"] == read_rows(tmp_path / "r.parquet").num_rows == 5
+    assert (counts["limit"], counts["records_present"]) == (5, 20)  # the cut is said, with what was there
+    whole = ingest(PoolConfig(path=str(tmp_path / "p.jsonl"), limit=50), tmp_path / "w.parquet")
+    assert whole["records"] == 20 and "limit" not in whole  # a limit that cuts nothing is not reported
 
 
 def test_whole_input_errors(ray_session, tmp_path):

@@ -1,5 +1,5 @@
 """Batched IFD scoring (no Ray): batched equals one-at-a-time, both equal a full-logits oracle,
-truncation and invalid samples follow ALGORITHMS.md 1.1, embeddings ignore padding."""
+truncation and invalid samples follow docs/methods.md, embeddings ignore padding."""
 
 from __future__ import annotations
 
@@ -203,21 +203,24 @@ def test_answer_starting_at_token_zero_skips_that_token(tiny_model_dir):
 
 # --- embeddings -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("span", ["response", "text"])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("layer", [-1, 1])
-def test_masked_mean_embedding_ignores_padding(model_and_tokenizer, padding_side, layer):
+def test_masked_mean_embedding_ignores_padding(model_and_tokenizer, padding_side, layer, span):
     model, tokenizer = model_and_tokenizer
     short = SAMPLES[0]
-    alone = BatchScorer(model, tokenizer, embedding_layer=layer).score([short])[0].embedding
-    padded = BatchScorer(model, tokenizer, embedding_layer=layer, padding_side=padding_side)
+    alone = BatchScorer(model, tokenizer, embedding_layer=layer, embedding_span=span).score([short])[0].embedding
+    padded = BatchScorer(model, tokenizer, embedding_layer=layer, padding_side=padding_side, embedding_span=span)
     with_long = padded.score([short, SAMPLES[3]])[0].embedding  # the longer sample pads the short one
     assert padded.stats["padded_tokens"] > padded.stats["forward_tokens"]
     torch.testing.assert_close(with_long, alone, atol=1e-5, rtol=1e-5)
-    # Oracle: the mean over every token of the conditioned text of the chosen hidden state.
-    ids = encode_sample(tokenizer, *short, 1024).cond_ids
+    # Oracle: the mean of the chosen hidden state over the conditioned text's scored answer
+    # tokens (response) or over all its tokens (text).
+    e = encode_sample(tokenizer, *short, 1024)
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-    torch.testing.assert_close(alone, out.hidden_states[layer][0].mean(0), atol=1e-5, rtol=1e-5)
+        states = model(input_ids=torch.tensor([e.cond_ids]), output_hidden_states=True).hidden_states[layer][0]
+    tokens = slice(e.cond_start, e.cond_start + e.n_answer) if span == "response" else slice(None)
+    torch.testing.assert_close(alone, states[tokens].mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_embeddings_can_be_turned_off(tiny_model_dir):
@@ -276,3 +279,87 @@ def test_actor_plan_uses_one_gpu_per_actor_or_fills_the_cpus():
 
     with pytest.raises(ConfigError, match="needs 6 CPUs"):
         plan_actors(ScoringConfig(num_actors=3, cpus_per_actor=2), {"CPU": 4})
+
+
+# --- priors, templates and overflow ---------------------------------------------------------------
+
+def _copy_tokenizer(folder, **changes):
+    import copy
+
+    tokenizer = copy.deepcopy(load_tokenizer(str(folder)))
+    for name, value in changes.items():
+        setattr(tokenizer, name, value)
+    return tokenizer
+
+
+def test_plain_prior_without_bos_scores_the_same_answer_tokens(tiny_model_dir):
+    """A Qwen2-style tokenizer (no BOS): l_cond and l_prior average the same answer tokens, the
+    prior's first one included, and a one-token answer is scored, not invalid."""
+    model, tokenizer = load_model(str(tiny_model_dir)), _copy_tokenizer(tiny_model_dir, bos_token=None)
+    assert tokenizer.bos_token_id is None
+    scores = BatchScorer(model, tokenizer, prior_context="plain", vocab_chunk=100).score(SAMPLES)
+    for (prompt, response), got in zip(SAMPLES, scores, strict=True):
+        cond = render(tokenizer, prompt, response, 1024)
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"]
+        assert cond.input_ids[cond.answer_start:cond.answer_start + len(answer)] == answer  # same tokens
+        n = len(answer)  # the plain prior has no end-of-turn token: every answer token, no more
+        assert got.status == "scored" and got.n_answer_tokens == n
+        assert got.l_cond == pytest.approx(answer_nll(model, cond.input_ids, cond.answer_start, n), abs=1e-4)
+        prior = [tokenizer.eos_token_id, *answer]
+        assert got.l_prior == pytest.approx(answer_nll(model, prior, 1, n), abs=1e-4)
+
+
+# Llama-2, Gemma and Mistral's official templates raise on anything but user/assistant alternation.
+ALTERNATING_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if 'FORBIDDEN' in m['content'] %}{{ raise_exception('this template refuses that word') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+)
+
+
+def test_template_that_demands_alternating_roles_falls_back_to_the_plain_prior(tiny_model_dir):
+    model = load_model(str(tiny_model_dir))
+    tokenizer = _copy_tokenizer(tiny_model_dir, chat_template=ALTERNATING_TEMPLATE)
+    samples = [SAMPLES[0], SAMPLES[3], ([{"role": "user", "content": "Say FORBIDDEN"}], "No."),
+               ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "Hello.")]
+    scorer = BatchScorer(model, tokenizer)  # prior_context="template", the default
+    assert scorer.prior_context == "plain" and "roles must alternate" in scorer.prior_fallback
+    got = scorer.score(samples)
+    want = BatchScorer(model, tokenizer, prior_context="plain").score(samples[:2])
+    for g, w in zip(got[:2], want, strict=True):
+        assert g.status == "scored" and g.ifd == pytest.approx(w.ifd, abs=1e-6)
+    # a template error on one row makes that row invalid, with the template's own words
+    assert got[2].status == got[3].status == "invalid"
+    assert got[2].reason.startswith("chat template error") and "refuses that word" in got[2].reason
+    assert "roles must alternate" in got[3].reason  # a system turn is refused by this template
+
+
+def test_the_scoring_actor_records_which_prior_it_used(tiny_model_dir, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    from raysel.config import Config
+    from raysel.scoring.stage import Scorer
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "alternating")
+    _copy_tokenizer(tiny_model_dir, chat_template=ALTERNATING_TEMPLATE).save_pretrained(folder)
+    rows = pa.table({"id": ["a"], "prompt": [SAMPLES[0][0]], "response": [SAMPLES[0][1]]})
+    out = Scorer(str(folder), Config(), threads=1, device="cpu")(rows)
+    assert out["status"].to_pylist() == ["scored"]
+    assert out["prior_used"][0].as_py().startswith("plain (fallback: the chat template cannot render")
+    assert Scorer(str(tiny_model_dir), Config(), threads=1, device="cpu")(rows)["prior_used"].to_pylist() == \
+        ["template"]
+
+
+def test_ifd_past_the_float_range_is_infinite_not_an_error():
+    from raysel.scoring.batch import ifd_ratio
+    from raysel.selection.base import IFD_INVALID, ifd_eligibility
+
+    assert ifd_ratio(1.5, 1.5) == 1.0 and ifd_ratio(0.0, 2.0) == pytest.approx(math.exp(-2))
+    assert ifd_ratio(800.0, 1.0) == math.inf
+    eligible, reason = ifd_eligibility([ifd_ratio(800.0, 1.0)], 1.0)
+    assert not eligible[0] and reason[0] == IFD_INVALID

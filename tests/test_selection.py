@@ -259,7 +259,7 @@ def test_every_selector_ranks_distinct_samples(name):
 
 
 def test_unknown_selector_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="iterit, embedding, random, ifd, full, kcenter"):
+    with pytest.raises(ValueError, match="iterit, embedding, random, ifd, ifd_static, full, kcenter"):
         select("greedy", None, 1, ids=["a"])
 
 

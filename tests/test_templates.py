@@ -22,6 +22,7 @@ class Style:
     eot: str  # the end-of-turn text after an answer
     after: str  # what the template writes after the end-of-turn
     system: str = ""  # ChatML's default system prompt
+    bos: str = ""  # what raysel's default template writes first: the BOS token, where there is one
 
     def prefix(self, prompt: list[dict]) -> str:
         """The rendered text before the last answer."""
@@ -30,12 +31,12 @@ class Style:
             return head + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in prompt) + \
                 "<|im_start|>assistant\n"
         parts = {"system": "{}\n\n", "user": "### Instruction:\n{}\n\n", "assistant": "### Response:\n{}" + self.eot + "\n\n"}
-        return "".join(parts[m["role"]].format(m["content"]) for m in prompt) + "### Response:\n"
+        return self.bos + "".join(parts[m["role"]].format(m["content"]) for m in prompt) + "### Response:\n"
 
 
 STYLES = {
     "tiny_chat": Style("chatml", "<|im_end|>", "\n", system="You are helpful."),
-    "tiny_plain": Style("default", "<|endoftext|>", "\n\n"),
+    "tiny_plain": Style("default", "<|endoftext|>", "\n\n", bos="<|endoftext|>"),
     "smollm2": Style("chatml", "<|im_end|>", "\n",
                      system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
 }
@@ -187,8 +188,7 @@ def test_render_plain_is_bos_then_the_whole_answer(case):
     tokenizer, _, _ = case
     for response in (ANSWER, "  Paris. \n", "def f():\n    return 1\n"):
         r = render_plain(tokenizer, response, LONG)
-        assert r.input_ids == tokenizer(tokenizer.bos_token + response, add_special_tokens=False)["input_ids"]
-        assert r.input_ids[0] == tokenizer.bos_token_id
+        assert r.input_ids == [tokenizer.bos_token_id, *tokenizer(response, add_special_tokens=False)["input_ids"]]
         assert (r.answer_start, r.answer_end) == (1, len(r.input_ids))
         assert decode(tokenizer, r.input_ids[r.answer_start:]) == response
 
@@ -201,12 +201,32 @@ def test_render_plain_truncation_and_empty(case):
     assert render_plain(tokenizer, "", LONG).n_answer == 0
 
 
-def test_render_plain_without_bos_skips_the_unpredictable_first_token(tiny_model_dir):
+def test_render_plain_without_bos_starts_from_eos_and_keeps_every_answer_token(tiny_model_dir):
+    """Qwen2-style tokenizers have no BOS: the prior starts from EOS, so its first answer token is
+    scored too (it used to be dropped, and l_cond and l_prior averaged different tokens)."""
     from transformers import AutoTokenizer
 
     tokenizer = copy.deepcopy(AutoTokenizer.from_pretrained(tiny_model_dir))
     tokenizer.bos_token = None
     r = render_plain(tokenizer, ANSWER, LONG)
-    assert r.input_ids == tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
-    assert (r.answer_start, r.answer_end) == (1, len(r.input_ids))
-    assert decode(tokenizer, r.input_ids[:1]) + decode(tokenizer, r.input_ids[1:]) == ANSWER
+    answer_ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
+    assert r.input_ids == [tokenizer.eos_token_id, *answer_ids]
+    assert (r.answer_start, r.answer_end) == (1, len(answer_ids) + 1)
+    assert decode(tokenizer, r.input_ids[r.answer_start:]) == ANSWER
+    one_token = tokenizer.decode(answer_ids[:1])
+    assert render_plain(tokenizer, one_token, LONG).n_answer == 1
+
+
+def test_default_template_starts_with_bos_in_scoring_and_training(tiny_model_dir_plain):
+    """Models without a chat template (base Llama-family models) are scored and trained after BOS."""
+    from transformers import AutoTokenizer
+
+    from raysel.scoring.batch import encode_sample
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir_plain)
+    assert not tokenizer.chat_template and tokenizer.bos_token_id is not None
+    e = encode_sample(tokenizer, [user("Capital?")], "Paris.", LONG)
+    assert e.cond_ids[0] == tokenizer.bos_token_id and e.prior_ids[0] == tokenizer.bos_token_id
+    assert render(tokenizer, [user("Capital?")], "Paris.", LONG).input_ids[0] == tokenizer.bos_token_id  # training
+    tokenizer.bos_token = None
+    assert tokenizer.decode(render(tokenizer, [user("Capital?")], "Paris.", LONG).input_ids).startswith("### ")

@@ -1,4 +1,4 @@
-"""The IterIT loop, top to bottom (ALGORITHMS.md 1.4):
+"""The IterIT loop, top to bottom (docs/methods.md, Rounds):
 
     round 0:   score all valid rows with the base model -> select k -> fine-tune
     round r:   re-score the re-score pool with round r-1's model -> select k -> fine-tune
@@ -11,8 +11,9 @@ re-drawn after each round from every row's newest score (round-R/rescore_pool.tx
     python jobs/iterit.py --run-dir runs/tiny --resume       # continue from the last completed stage
     python jobs/iterit.py --set selection.method=random      # a baseline, same job, same budget
 
-Baselines share the loop: `ifd` ranks by IFD alone, `random` draws at random, `full` trains
-once on every valid row. `random` and `full` need no scores, so they skip scoring.
+Baselines share the loop: `ifd` ranks by IFD alone, re-scored each round (IterIT's ablation);
+`ifd_static` keeps the base model's top-k IFD every round (scored once); `random` draws at
+random; `full` trains once on every valid row. `random` and `full` need no scores.
 """
 
 from __future__ import annotations
@@ -20,21 +21,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 
 from raysel.config import Config, UserError, resolve_k
 from raysel.runs import RunDir
 
 log = logging.getLogger(__name__)
 
-NEEDS_SCORES = {"iterit", "ifd", "kcenter"}
+RESCORED_EACH_ROUND = {"iterit", "ifd", "kcenter"}  # scored by the model as tuned so far, every round
+SCORED_ONCE = {"ifd_static"}  # scored by the base model in round 0; those scores decide every round
 
 
-def run_iterit(cfg: Config) -> RunDir:
+def run_iterit(cfg: Config, resume: bool = False) -> RunDir:
     from raysel.models import resolve_model_path
     from raysel.stages import ingest_stage, open_run, score_stage, select_stage, start_ray, train_stage
     from raysel.training.plan import total_steps
 
-    run = open_run(cfg, "iterit")
+    run = open_run(cfg, "iterit", resume=resume)
     start_ray(cfg)
     counts = ingest_stage(run, cfg)
     base_model = resolve_model_path(cfg.model.path)
@@ -47,21 +50,36 @@ def run_iterit(cfg: Config) -> RunDir:
     log.info("IterIT: %d valid rows, k=%d, %d round(s), re-score pool %d (%s), %d optimizer steps in all",
              counts["valid"], k, rounds, n_rank, sel.rescore_pool, steps)
 
-    model, candidates = base_model, None  # None: every valid row
+    model, rescore_pool = base_model, None  # None: every valid row
     for r in range(rounds):
-        scores = None
-        if sel.method in NEEDS_SCORES:
-            rescore = None if r == 0 or sel.rescore_pool == "all" else candidates
-            scores = score_stage(run, cfg, r, model, ids=rescore)
-        picked = select_stage(run, cfg, r, k=k, n_rank=n_rank, candidate_ids=candidates)
+        plan = plan_round(sel.method, sel.rescore_pool, r, rescore_pool)
+        scores = score_stage(run, cfg, r, model, ids=plan.candidates) if plan.score else None
+        picked = select_stage(run, cfg, r, k=k, n_rank=n_rank, candidate_ids=plan.candidates,
+                              scores_round=plan.scores_round)
         if r == 0 or sel.rescore_pool == "rolling":
-            candidates = picked["next_pool"]
+            rescore_pool = picked["next_pool"]
         trained = train_stage(run, cfg, r, picked["selected_ids"], base_model, steps)
         model = trained["checkpoint"]
         print_round_summary(r, scores, picked, trained)
     run.update_manifest(finished=True)
     log.info("done: %s", run.path)
     return run
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    score: bool  # score the candidates this round, with the model as tuned so far
+    candidates: list[str] | None  # the rows ranked this round (None: every valid row)
+    scores_round: int  # the round whose scores rank them
+
+
+def plan_round(method: str, rescore_pool_mode: str, r: int, rescore_pool: list[str] | None) -> RoundPlan:
+    """What round r scores and ranks. Round 0 and rescore_pool=all take every valid row, the
+    other rounds the re-score pool; ifd_static ranks every row on round 0's scores, every round."""
+    if method in SCORED_ONCE:
+        return RoundPlan(score=r == 0, candidates=None, scores_round=0)
+    candidates = None if r == 0 or rescore_pool_mode == "all" else rescore_pool
+    return RoundPlan(score=method in RESCORED_EACH_ROUND, candidates=candidates, scores_round=r)
 
 
 def print_round_summary(r: int, scores: dict | None, picked: dict, trained: dict) -> None:
@@ -85,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
-        run_iterit(config_from_args(args))
+        run_iterit(config_from_args(args), resume=args.resume)
     except (UserError, FileExistsError) as e:
         print(f"iterit: error: {e}", file=sys.stderr)
         return 2

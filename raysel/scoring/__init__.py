@@ -1,4 +1,4 @@
-"""IFD losses and pooled embeddings, scored by the model being tuned (ALGORITHMS.md 1.1, 1.5).
+"""IFD losses and pooled embeddings, scored by the model being tuned (docs/methods.md: IFD, Embeddings).
 
 `batch` holds the batched math (plain torch, no Ray); `stage` runs it on Ray Data actors and
 writes round-R/scores.parquet and round-R/embeddings.parquet.

@@ -1,4 +1,4 @@
-"""IFD losses and pooled embeddings for a list of samples, in batched forward passes (ALGORITHMS.md 1.1).
+"""IFD losses and pooled embeddings for a list of samples, in batched forward passes (docs/methods.md, IFD).
 
 Plain torch, no Ray: the Ray actor in `raysel.scoring.stage` wraps `BatchScorer`.
 
@@ -17,12 +17,14 @@ How it stays fast:
   and values never depend on what comes after it.
 - With right padding no attention mask (and no position ids) is passed: causal attention never
   lets a real token see the padding after it, so the fast `is_causal` attention path is exact.
-- The embedding is pooled from the same forward pass (one selected hidden-state layer).
+- The embedding is pooled from the same forward pass (one selected hidden-state layer), over the
+  scored answer tokens (`embedding_span="response"`) or the whole conditioned text ("text").
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from raysel.templates import render, render_plain
+
+log = logging.getLogger(__name__)
 
 # Render without a limit first, so that truncation can be seen and reported.
 _NO_LIMIT = 1 << 62
@@ -64,7 +68,7 @@ class SampleScore:
     ifd: float | None
     n_answer_tokens: int
     truncated: bool
-    embedding: torch.Tensor | None = None  # float32 [hidden], masked mean over the conditioned text
+    embedding: torch.Tensor | None = None  # float32 [hidden], masked mean over the response (or the text)
 
 
 def encode_sample(tokenizer, prompt: list[dict], response: str, max_length: int,
@@ -203,13 +207,16 @@ class BatchScorer:
     def __init__(self, model, tokenizer, max_length: int = 1024, prior_context: str = "template",
                  embeddings: bool = True, embedding_layer: int = -1, token_budget: int = 8192,
                  max_seqs: int = 256, lm_head_chunk: int = 2048, vocab_chunk: int = 2048,
-                 padding_side: str = "right", share_prefix: bool = True):
+                 padding_side: str = "right", share_prefix: bool = True, embedding_span: str = "response"):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if embedding_span not in ("response", "text"):
+            raise ValueError(f"embedding_span must be 'response' or 'text', got {embedding_span!r}")
         self.model, self.tokenizer = model, tokenizer
         self.body, self.head, self.softcap = causal_lm_parts(model)
-        self.max_length, self.prior_context = max_length, prior_context
-        self.embeddings, self.padding_side = embeddings, padding_side
+        self.max_length = max_length
+        self.prior_context, self.prior_fallback = self._check_prior(prior_context)
+        self.embeddings, self.padding_side, self.embedding_span = embeddings, padding_side, embedding_span
         self.layer = self._resolve_layer(embedding_layer)
         self.token_budget, self.max_seqs, self.lm_head_chunk = token_budget, max_seqs, lm_head_chunk
         self.vocab_chunk = vocab_chunk  # 0: the whole vocabulary at once
@@ -234,8 +241,28 @@ class BatchScorer:
     # --- public -------------------------------------------------------------------------
 
     def score(self, samples: list[tuple[list[dict], str]]) -> list[SampleScore]:
-        encoded = [encode_sample(self.tokenizer, p, r, self.max_length, self.prior_context) for p, r in samples]
-        return self.score_encoded(encoded)
+        return self.score_encoded([self._encode(p, r) for p, r in samples])
+
+    def _encode(self, prompt: list[dict], response: str) -> Encoded:
+        """One sample's encoding; a template that cannot render it makes it invalid, not the job."""
+        try:
+            return encode_sample(self.tokenizer, prompt, response, self.max_length, self.prior_context)
+        except Exception as e:  # jinja2's TemplateError, a ValueError from render, ...
+            return Encoded([], 0, [], 0, 0, False, reason=f"chat template error: {type(e).__name__}: {e}")
+
+    def _check_prior(self, prior_context: str) -> tuple[str, str | None]:
+        """(the prior to use, why it is not the one asked for). Templates that demand alternating
+        roles (Gemma, Llama-2, Mistral's) raise on an assistant-only conversation: the template
+        prior cannot exist there, so the plain prior stands in, once per model and said so."""
+        if prior_context != "template":
+            return prior_context, None
+        try:
+            render(self.tokenizer, [], "The answer.", _NO_LIMIT)
+        except Exception as e:
+            note = f"the chat template cannot render an answer without a user turn ({type(e).__name__}: {e})"
+            log.warning("%s: scoring with prior_context=plain instead", note)
+            return "plain", note
+        return "template", None
 
     @torch.inference_mode()
     def score_encoded(self, encoded: list[Encoded]) -> list[SampleScore]:
@@ -312,8 +339,21 @@ class BatchScorer:
         emb = {}
         if self.embeddings:
             states = hidden if self.layer is None else out.hidden_states[self.layer]
-            emb = self._pool(states, mask, [j for j, s in enumerate(seqs) if s.is_cond], prefix)
+            rows = [j for j, s in enumerate(seqs) if s.is_cond]
+            if self.embedding_span == "response":  # the answer tokens only: the prefix holds none
+                emb = self._pool(states, self._answer_mask(mask, seqs, offsets, skip), rows, None)
+            else:
+                emb = self._pool(states, mask, rows, prefix)
         return sums, emb
+
+    @staticmethod
+    def _answer_mask(mask, seqs: list[_Seq], offsets: list[int], skip: int):
+        """1 on each sequence's scored answer tokens [start, start + n), 0 elsewhere."""
+        answer = torch.zeros_like(mask)
+        for j, s in enumerate(seqs):
+            first = offsets[j] + s.start - skip
+            answer[j, first: first + s.n] = 1
+        return answer
 
     def _pad(self, seqs: list[_Seq], skip: int = 0):
         """The sequences' tokens after the first `skip`, padded to one width."""
@@ -411,6 +451,14 @@ class BatchScorer:
                 results.append(SampleScore("invalid", e.reason, None, None, None, 0, e.truncated))
                 continue
             l_cond, l_prior = by_sample[i]["cond"], by_sample[i]["prior"]
-            results.append(SampleScore("scored", None, l_cond, l_prior, math.exp(l_cond - l_prior),
+            results.append(SampleScore("scored", None, l_cond, l_prior, ifd_ratio(l_cond, l_prior),
                                        e.n_answer, e.truncated, by_sample[i].get("embedding")))
         return results
+
+
+def ifd_ratio(l_cond: float, l_prior: float) -> float:
+    """exp(l_cond - l_prior), infinite past the float range (selection excludes it as 'ifd invalid')."""
+    try:
+        return math.exp(l_cond - l_prior)
+    except OverflowError:
+        return math.inf

@@ -138,13 +138,16 @@ class Scorer:
                                   prior_context=s.prior_context, embeddings=s.embeddings,
                                   embedding_layer=s.embedding_layer, token_budget=budget,
                                   lm_head_chunk=s.lm_head_chunk, vocab_chunk=s.vocab_chunk or VOCAB_CHUNK[device],
-                                  share_prefix=s.share_prefix)
+                                  share_prefix=s.share_prefix, embedding_span=s.embedding_span)
         self.dtype = str(dtype).removeprefix("torch.")
+        fallback = self.scorer.prior_fallback
+        self.prior = self.scorer.prior_context + (f" (fallback: {fallback})" if fallback else "")
         log.info("scorer ready: %s on %s, %s, %d threads", model_path, device, dtype, threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         table = score_table(self.scorer, batch)
         table = table.append_column("scored_by", pa.array([os.getpid()] * table.num_rows, pa.int64()))
+        table = table.append_column("prior_used", pa.array([self.prior] * table.num_rows, pa.string()))
         return table.append_column("scored_in", pa.array([self.dtype] * table.num_rows, pa.string()))
 
 
@@ -192,7 +195,7 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     plan = plan_actors(cfg.scoring, ray.cluster_resources())
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
     scored = _pipeline(rows_path, wanted, counts["to_score"], model_path, cfg, plan) if counts["to_score"] else None
-    scores, embeddings, workers, dtypes = _collect(scored, cfg.scoring.embeddings)
+    scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings)
     out_dir.mkdir(parents=True, exist_ok=True)
     if embeddings is not None:
         _write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
@@ -201,7 +204,8 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     truncated = scores.column("truncated").to_pylist()
     return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
             "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers,
-            "threads_per_actor": plan.threads, "device": plan.device, "dtype": ",".join(sorted(dtypes)) or None}
+            "threads_per_actor": plan.threads, "device": plan.device, "dtype": ",".join(sorted(dtypes)) or None,
+            "prior_context": "; ".join(sorted(priors)) or None}
 
 
 def _rows_to_score(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | None, dict]:
@@ -260,16 +264,17 @@ def _keep_rows(batch: pa.Table, wanted: pa.Array | None) -> pa.Table:
     return batch.filter(keep).select(["id", "prompt", "response"])
 
 
-def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int, set[str]]:
+def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int, set[str], set[str]]:
     """Stream the results into the driver: the score columns, the scored rows' embeddings, how
-    many actors did work, and the dtypes they scored in."""
+    many actors did work, the dtypes they scored in and the priors they used."""
     import pyarrow.compute as pc
 
-    score_parts, embedding_parts, workers, dtypes = [SCORES_SCHEMA.empty_table()], [], set(), set()
+    score_parts, embedding_parts, workers, dtypes, priors = [SCORES_SCHEMA.empty_table()], [], set(), set(), set()
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []:
         score_parts.append(batch.select(SCORES_SCHEMA.names))
         workers.update(pc.unique(batch["scored_by"]).to_pylist())
         dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
+        priors.update(pc.unique(batch["prior_used"]).to_pylist())
         if with_embeddings:
             embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
     scores, embeddings = pa.concat_tables(score_parts).sort_by("id"), None
@@ -278,7 +283,7 @@ def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, 
     elif with_embeddings:  # nothing was scored: an empty file of the right shape
         embeddings = pa.table({"id": pa.array([], pa.string()),
                                "embedding": pa.array([], pa.list_(pa.float16(), 1))})
-    return scores, embeddings, len(workers), dtypes
+    return scores, embeddings, len(workers), dtypes, priors
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:

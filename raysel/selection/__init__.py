@@ -6,7 +6,7 @@
     sel.order, sel.score    # the ranking continued to n_rank (the re-score pool), with score parts
 
 Selectors: iterit (IFD x n-gram diversity, lazy greedy), embedding (IFD x embedding diversity, FAISS,
-de-duplication), random, ifd (static top-k IFD), full, kcenter. The stage that reads scores and writes
+de-duplication), random, ifd and ifd_static (top-k IFD), full, kcenter. The stage that reads scores and writes
 round-R/selection.parquet is raysel.selection.stage.select_round.
 """
 
@@ -29,7 +29,8 @@ SELECTORS: dict[str, Callable[[Request], Selection]] = {
     "iterit": select_iterit,
     "embedding": select_embedding,
     "random": select_random,
-    "ifd": select_ifd,
+    "ifd": select_ifd,  # on scores re-computed each round: IterIT's IFD-only ablation
+    "ifd_static": select_ifd,  # on the base model's scores, every round (Superfiltering / Cherry-LLM)
     "full": select_full,
     "kcenter": select_kcenter,
 }

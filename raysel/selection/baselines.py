@@ -1,4 +1,4 @@
-"""Baselines behind the same interface (ALGORITHMS.md 1.4): random, static top-k IFD, full.
+"""Baselines behind the same interface (docs/methods.md, Baselines): random, top-k IFD, full.
 
 (k-center, the embedding baseline, shares the embedding greedy: see embedding.select_kcenter.)
 """
@@ -21,7 +21,8 @@ def select_random(req: Request) -> Selection:
 
 
 def select_ifd(req: Request) -> Selection:
-    """Static top-k IFD below ifd_max (Superfiltering / Cherry-LLM): highest IFD first, ties by id."""
+    """Top-k IFD below ifd_max: highest IFD first, ties by id. The loop decides whose IFD: the base
+    model's, scored once (`ifd_static`, as Superfiltering / Cherry-LLM), or each round's (`ifd`)."""
     eligible, reason = ifd_eligibility(req.ifd, req.ifd_max)
     candidates = np.flatnonzero(eligible)
     ifd = np.asarray(req.ifd, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Response n-gram TF-IDF features (ALGORITHMS.md 1.2): what IterIT's diversity is measured on.
+"""Response n-gram TF-IDF features (docs/methods.md, Diversity): what IterIT's diversity is measured on.
 
 Word 1-3-grams of the response, lower-cased, tokens of two or more word characters; raw counts;
 idf(t) = ln((1 + n) / (1 + df_t)) + 1 over the n candidates; each row L2-normalised. That is

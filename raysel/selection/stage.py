@@ -32,14 +32,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from raysel.config import SelectionConfig, UserError
 from raysel.runs import atomic_output
 from raysel.selection import Selection, select
+from raysel.selection.base import ifd_eligibility
 
 SELECTION_FILE = "selection.parquet"
 SELECTED_FILE = "selected.jsonl"
-NEEDS_SCORES = {"iterit", "embedding", "ifd"}
+NEEDS_SCORES = {"iterit", "embedding", "ifd", "ifd_static"}
 NEEDS_EMBEDDINGS = {"embedding", "kcenter"}
 RAY_FEATURIZE_MIN_ROWS = 50_000  # below this, hashed features are computed in the driver
 
@@ -108,8 +110,7 @@ def _rank(rows_path, scores_path, cfg: SelectionConfig, k, n_rank, seed, candida
     features, t_features = None, 0.0
     if name == "iterit":
         t0 = time.perf_counter()
-        order, features = _features(rows_path, pool_ids, cfg, use_ray)
-        pool.reorder(order)
+        features = _eligible_features(rows_path, rows, pool, cfg, use_ray)
         pool_ids = rows["id"][pool.index]
         t_features = time.perf_counter() - t0
     vectors = _aligned_embeddings(embeddings, pool_ids) if name in NEEDS_EMBEDDINGS else None
@@ -211,6 +212,19 @@ def _pool(rows, scores, candidate_ids) -> _Pool:
     index = np.flatnonzero(pd.isna(reason))
     ifd = scores["ifd"][score_row[index]] if scores is not None else np.full(len(index), np.nan)
     return _Pool(index, np.asarray(ifd, dtype=np.float64), reason, score_row)
+
+
+def _eligible_features(rows_path, rows, pool: _Pool, cfg: SelectionConfig, use_ray: bool | None):
+    """TF-IDF rows of the pool, fitted on the candidates being ranked (IFD < ifd_max) only, as the
+    reference does (docs/methods.md, Diversity): rows that can never be picked must not shape the idf.
+    Reorders the pool (eligible rows first, in the features' order); the others get empty rows."""
+    eligible, _ = ifd_eligibility(pool.ifd, cfg.ifd_max)
+    pool.reorder(np.argsort(~eligible, kind="stable"))
+    n_eligible = int(eligible.sum())
+    order, features = _features(rows_path, rows["id"][pool.index[:n_eligible]], cfg, use_ray)
+    pool.reorder(np.concatenate([order, np.arange(n_eligible, len(pool.index))]).astype(np.int64))
+    empty = sp.csr_matrix((len(pool.index) - n_eligible, features.shape[1]), dtype=features.dtype)
+    return sp.vstack([features, empty], format="csr")
 
 
 def _features(rows_path, pool_ids: np.ndarray, cfg: SelectionConfig, use_ray: bool | None):

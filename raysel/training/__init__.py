@@ -1,4 +1,4 @@
-"""Fine-tuning between rounds (ALGORITHMS.md 1.4): Ray Train + DeepSpeed, LoRA or full.
+"""Fine-tuning between rounds (docs/methods.md, Training): Ray Train + DeepSpeed, LoRA or full.
 
 The driver side is `trainer.train_round`; `worker` is what each Ray Train worker runs;
 `data` builds the round's tokenised rows in Ray Data; `plan` is the pure arithmetic.
