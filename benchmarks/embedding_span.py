@@ -81,7 +81,7 @@ def main() -> None:
     import ray
 
     from raysel.config import PoolConfig
-    from raysel.demo_pool import DEFAULT_N, DEFAULT_SEED, build_pool, ensure_demo_pool
+    from raysel.demo.pool import DEFAULT_N, DEFAULT_SEED, build_pool, ensure_demo_pool
     from raysel.pool import ingest
 
     args = parse_args()

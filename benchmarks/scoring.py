@@ -59,7 +59,7 @@ def parse_args():
 def demo_samples(n: int) -> list[tuple[list[dict], str]]:
     """The first n valid rows of the demo pool: arithmetic, code, facts, reasoning of mixed lengths."""
     from raysel.config import PoolConfig
-    from raysel.demo_pool import ensure_demo_pool
+    from raysel.demo.pool import ensure_demo_pool
     from raysel.pool import normalise
 
     out = []
@@ -122,23 +122,27 @@ def score_raysel(scorer, samples, device: str):
     return [r.ifd for r in results if r.status == "scored"], time.perf_counter() - t
 
 
+def reference_loss(model, ids: list[int], start: int, n: int, device: str) -> float:
+    """Mean NLL of ids[start:start+n]: one full forward with [1, seq, vocab] logits and HF's own loss."""
+    import torch
+
+    x = torch.tensor([ids], device=device)
+    labels = torch.full_like(x, -100)
+    labels[0, start: start + n] = x[0, start: start + n]
+    return model(input_ids=x, labels=labels).loss.item()
+
+
 def score_reference(model, encoded, device: str):
     """One sample at a time; each text a full forward with [1, seq, vocab] logits and HF's loss."""
     import torch
-
-    def loss(ids, start, n):
-        x = torch.tensor([ids], device=device)
-        labels = torch.full_like(x, -100)
-        labels[0, start: start + n] = x[0, start: start + n]
-        return model(input_ids=x, labels=labels).loss.item()
 
     ifds = []
     with torch.inference_mode():
         sync(device)
         t = time.perf_counter()
         for e in encoded:
-            l_cond = loss(e.cond_ids, e.cond_start, e.n_answer)
-            l_prior = loss(e.prior_ids, e.prior_start, e.n_answer)
+            l_cond = reference_loss(model, e.cond_ids, e.cond_start, e.n_answer, device)
+            l_prior = reference_loss(model, e.prior_ids, e.prior_start, e.n_answer, device)
             ifds.append(math.exp(l_cond - l_prior))
         sync(device)
     return ifds, time.perf_counter() - t
@@ -207,12 +211,6 @@ def no_bos_plain(args, samples, device: str) -> dict:
     scorer.prior_context = "plain"
     results = scorer.score(samples)
 
-    def loss(ids, start, n):
-        x = torch.tensor([ids], device=device)
-        labels = torch.full_like(x, -100)
-        labels[0, start: start + n] = x[0, start: start + n]
-        return model(input_ids=x, labels=labels).loss.item()
-
     diffs = []
     with torch.inference_mode():
         for (prompt, response), got in zip(samples, results, strict=True):
@@ -221,8 +219,8 @@ def no_bos_plain(args, samples, device: str) -> dict:
             n = min(cond.n_answer, len(answer), args.max_length - 1)
             if n == 0:
                 continue
-            ifd = math.exp(loss(cond.input_ids, cond.answer_start, n) -
-                           loss([tokenizer.eos_token_id, *answer[:n]], 1, n))
+            ifd = math.exp(reference_loss(model, cond.input_ids, cond.answer_start, n, device) -
+                           reference_loss(model, [tokenizer.eos_token_id, *answer[:n]], 1, n, device))
             diffs.append(abs(got.ifd - ifd) if got.status == "scored" else math.inf)
     return {"no_bos_plain_samples": len(diffs), "no_bos_plain_fp32_max_abs_ifd_diff_vs_reference": max(diffs)}
 
@@ -273,7 +271,7 @@ def pipeline(args) -> dict:
     import ray
 
     from raysel.config import Config, ModelConfig, PoolConfig
-    from raysel.demo_pool import ensure_demo_pool
+    from raysel.demo.pool import ensure_demo_pool
     from raysel.models import load_tokenizer
     from raysel.pool import ingest, read_rows
     from raysel.scoring import score_pool

@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raysel.selection import features, greedy, select, synthetic  # noqa: E402
+from raysel.demo import synthetic  # noqa: E402
+from raysel.selection import features, greedy, select  # noqa: E402
 
 FIGURES: dict = {}
 

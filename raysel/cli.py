@@ -17,51 +17,11 @@ import logging
 import sys
 from pathlib import Path
 
-from raysel.config import UserError, load_config
+from raysel.config import UserError
+from raysel.job_args import CONFIG_HELP, add_config_args, config_from_args, setup_logging
+from raysel.runs import RunDir
 
 log = logging.getLogger("raysel")
-
-CONFIG_HELP = """\
-configuration:
-  Settings come from a YAML file (--config, default configs/demo.yaml) and are overridden with
-  --set SECTION.FIELD=VALUE (VALUE is parsed as YAML: 500, 0.1, true, [a, b]). Sections:
-  pool (path, format, *_field, limit), model (path, max_length), scoring (prior_context, dtype,
-  batch_size, num_actors, embeddings), selection (method, k, diversity, features, diversity_decay,
-  ifd_max, dedup_threshold, rounds, rescore_pool, rescore_factor), training (method, lora_*,
-  learning_rate, batch_size, num_workers, zero_stage, precision), ray (address, num_cpus),
-  run (dir, seed). `pool.path: demo` and `model.path: demo` are the built-in demo pool and
-  SmolLM2-135M-Instruct (generated / fetched into ~/.cache/raysel on first use).
-"""
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML config (default: configs/demo.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field, e.g. --set selection.k=1000 (repeatable)")
-    parser.add_argument("--run-dir", metavar="DIR",
-                        help="run directory (default: runs/<job>-<timestamp>); same as --set run.dir=DIR")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its last completed stage, with the config "
-                             "it started with (a --config or --set that changes results is refused)")
-
-
-def config_from_args(args: argparse.Namespace, extra: list[str] = (), in_run: bool = False):
-    """The config of --config (default configs/demo.yaml) and --set. With --resume (or `in_run`: a
-    stage run by hand in an existing run directory) and no --config, the run's own config.yaml."""
-    overrides = [*args.overrides, *extra]
-    if args.run_dir:
-        overrides.append(f"run.dir={args.run_dir}")
-    base = args.config
-    saved = Path(args.run_dir) / "config.yaml" if args.run_dir else None
-    if base is None and (getattr(args, "resume", False) or in_run) and saved and saved.exists():
-        base = saved
-    return load_config(base, overrides)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
 
 # --- subcommands ---------------------------------------------------------------------------
 
@@ -72,7 +32,7 @@ def cmd_ingest(args) -> int:
     run = open_run(cfg, "ingest")
     start_ray(cfg)
     counts = ingest_stage(run, cfg, force=True)
-    print(json.dumps({"rows": str(run.path / "rows.parquet"), **counts}, indent=2))
+    print(json.dumps({"rows": str(run.rows), **counts}, indent=2))
     return 0
 
 
@@ -81,7 +41,7 @@ def _stage_setup(args):
     from raysel.stages import ingest_stage, open_run, start_ray
 
     cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [], in_run=True)
-    if not hasattr(args, "pool") and not (cfg.run.dir and (Path(cfg.run.dir) / "rows.parquet").exists()):
+    if not hasattr(args, "pool") and not (cfg.run.dir and RunDir(cfg.run.dir).rows.exists()):
         raise UserError(f"--run-dir must name a run directory holding rows.parquet (got {cfg.run.dir!r}): run "
                         "`raysel ingest` or `raysel score` there first")
     run = open_run(cfg, args.command, reuse=True)
@@ -97,53 +57,50 @@ def cmd_score(args) -> int:
     cfg, run, _ = _stage_setup(args)
     run.forget(f"score-{args.round}")
     summary = score_stage(run, cfg, args.round, resolve_model_path(args.model or cfg.model.path))
-    print(json.dumps({"scores": str(run.path / f"round-{args.round}" / "scores.parquet"), **summary}, indent=2))
+    print(json.dumps({"scores": str(run.scores(args.round)), **summary}, indent=2))
     return 0
 
 
 def cmd_select(args) -> int:
-    from raysel.config import resolve_k
+    from raysel.loops.plan import plan_budget
     from raysel.stages import select_stage
 
     cfg, run, counts = _stage_setup(args)
-    k = resolve_k(cfg.selection.k, counts["valid"])
+    budget = plan_budget(cfg, counts["valid"])
     candidates = Path(args.candidates).read_text().split() if args.candidates else None
     run.forget(f"select-{args.round}")
-    picked = select_stage(run, cfg, args.round, k=k, n_rank=round(cfg.selection.rescore_factor * k),
-                          candidate_ids=candidates)
-    summary = {key: v for key, v in picked.items() if key not in ("ranked_ids", "selected_ids", "next_pool")}
-    print(json.dumps({"selection": str(run.path / f"round-{args.round}" / "selection.parquet"), **summary},
-                     indent=2))
+    picked = select_stage(run, cfg, args.round, k=budget.k, n_rank=budget.n_rank, candidate_ids=candidates)
+    summary = {key: v for key, v in picked.items() if key not in ("ranked_ids", "selected_ids")}
+    print(json.dumps({"selection": str(run.selection(args.round)), **summary}, indent=2))
     return 0
 
 
 def cmd_train(args) -> int:
+    from raysel.loops.plan import plan_budget
     from raysel.models import resolve_model_path
     from raysel.selection.stage import ranked_ids
     from raysel.stages import train_stage
-    from raysel.training.plan import total_steps
 
-    cfg, run, _ = _stage_setup(args)
-    selection = run.path / f"round-{args.round}" / "selection.parquet"
-    if not selection.exists():
-        raise UserError(f"{selection} does not exist: run `raysel select --run-dir {run.path}` first")
-    _, selected = ranked_ids(selection)
+    cfg, run, counts = _stage_setup(args)
+    if not run.selection(args.round).exists():
+        raise UserError(f"{run.selection(args.round)} does not exist: run `raysel select --run-dir {run.path}` first")
+    _, selected = ranked_ids(run.selection(args.round))
     run.forget(f"train-{args.round}")
-    steps = total_steps(len(selected), cfg.selection.rounds, cfg.training)
+    steps = plan_budget(cfg, counts["valid"]).total_steps
     trained = train_stage(run, cfg, args.round, selected, resolve_model_path(cfg.model.path), steps)
     print(json.dumps(trained, indent=2, default=str))
     return 0
 
 
 def cmd_fetch_demo_model(args) -> int:
-    from raysel.demo_model import ensure_demo_model
+    from raysel.demo.model import ensure_demo_model
 
     print(ensure_demo_model())
     return 0
 
 
 def cmd_demo_pool(args) -> int:
-    from raysel.demo_pool import ensure_demo_pool, write_demo_pool
+    from raysel.demo.pool import ensure_demo_pool, write_demo_pool
 
     path = write_demo_pool(Path(args.out), n=args.n, seed=args.seed) if args.out else ensure_demo_pool()
     print(path)

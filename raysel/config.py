@@ -81,18 +81,26 @@ class ScoringConfig:
 
 @dataclass
 class SelectionConfig:
+    """What every method shares: which method, how much per round, how many rounds."""
+
     # iterit; ifd (IFD re-scored by the tuned model each round, no diversity: IterIT's ablation);
     # ifd_static (top-k IFD of the base model, scored once, the same k every round); random;
     # kcenter; full (every valid row, one round). docs/methods.md says how each works.
     method: Literal["iterit", "ifd", "ifd_static", "random", "kcenter", "full"] = "iterit"
     k: float = 0.05  # below 1: a fraction of the valid pool; 1 or more: a count
+    rounds: int = 3
+
+
+@dataclass
+class IterITConfig:
+    """IterIT's own fields (docs/methods.md); the IFD baselines share ifd_max and the re-score pool."""
+
     diversity: Literal["tfidf", "embedding"] = "tfidf"
     features: Literal["hashed", "exact"] = "hashed"
     n_features: int = 2**22  # hashed buckets
     diversity_decay: float = 0.1  # gamma
     ifd_max: float = 1.0
-    dedup_threshold: float | None = None  # cosine; embedding diversity only
-    rounds: int = 3
+    dedup_threshold: float | None = None  # cosine; embedding diversity (and kcenter) only
     # Which rows round r >= 1 re-scores: fixed = round 0's top rescore_factor * k; rolling = the
     # top rescore_factor * k of every row ranked on its newest score, re-drawn each round; all = all.
     rescore_pool: Literal["fixed", "rolling", "all"] = "fixed"
@@ -144,6 +152,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    iterit: IterITConfig = field(default_factory=IterITConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -154,7 +163,7 @@ class Config:
 
 POSITIVE = {
     "model.max_length", "scoring.batch_size", "scoring.lm_head_chunk", "selection.k",
-    "selection.n_features", "selection.rounds", "selection.rescore_factor",
+    "iterit.n_features", "selection.rounds", "iterit.rescore_factor",
     "training.batch_size", "training.gradient_accumulation", "training.epochs",
     "training.num_workers", "training.lora_r", "training.learning_rate", "training.log_every",
 }
@@ -218,6 +227,8 @@ def _build_section(section: str, cls: type, values: dict[str, Any]):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
+        if section == "selection" and name in typing.get_type_hints(IterITConfig):
+            raise ConfigError(f"selection.{name} is now iterit.{name} (IterIT's own fields have their own section)")
         if name not in hints:
             raise ConfigError(f"unknown field {section}.{name}; fields: {', '.join(hints)}")
         kwargs[name] = _coerce(f"{section}.{name}", hints[name], value)
@@ -267,11 +278,11 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be positive, got {value}")
         if key in AUTOMATIC_AT_ZERO and value < 0:
             raise ConfigError(f"{key}: 0 (automatic) or more, got {value}")
-    if not 0.0 <= cfg.selection.diversity_decay <= 1.0:
-        raise ConfigError(f"selection.diversity_decay: must be in [0, 1], got {cfg.selection.diversity_decay}")
-    t = cfg.selection.dedup_threshold
+    if not 0.0 <= cfg.iterit.diversity_decay <= 1.0:
+        raise ConfigError(f"iterit.diversity_decay: must be in [0, 1], got {cfg.iterit.diversity_decay}")
+    t = cfg.iterit.dedup_threshold
     if t is not None and not -1.0 <= t <= 1.0:
-        raise ConfigError(f"selection.dedup_threshold: a cosine similarity in [-1, 1], got {t}")
+        raise ConfigError(f"iterit.dedup_threshold: a cosine similarity in [-1, 1], got {t}")
     if cfg.selection.k >= 1 and cfg.selection.k != int(cfg.selection.k):
         raise ConfigError(f"selection.k: a count must be whole, got {cfg.selection.k}")
     if cfg.pool.limit is not None and cfg.pool.limit <= 0:

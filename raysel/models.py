@@ -3,9 +3,13 @@ a GGUF file, a LoRA adapter folder on its base, or "demo" (SmolLM2-135M-Instruct
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import logging
 from pathlib import Path
 
+from raysel.runs import atomic_output
 from raysel.templates import ensure_chat_template
 
 log = logging.getLogger(__name__)
@@ -19,13 +23,13 @@ def resolve_model_path(path: str) -> str:
     """Map the aliases: "demo" (SmolLM2-135M-Instruct, fetched and converted on first use)
     and "tiny" (a tiny random Llama built offline, for tests and smoke runs)."""
     if path == "demo":
-        from raysel.demo_model import ensure_demo_model
+        from raysel.demo.model import ensure_demo_model
 
         return str(ensure_demo_model())
     if path == "tiny":
-        from raysel.demo_model import cache_dir
+        from raysel.demo import cache_dir
+        from raysel.demo.tiny import save_tiny_model
         from raysel.runs import atomic_output
-        from raysel.testing import save_tiny_model
 
         folder = cache_dir() / "tiny-model"
         if not (folder / "config.json").exists():
@@ -42,8 +46,6 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     if is_adapter(path) and not (Path(path) / "tokenizer_config.json").exists():
         path = _adapter_base(path)
     if str(path).endswith(".gguf"):
-        from raysel.demo_model import load_gguf_tokenizer
-
         tokenizer = load_gguf_tokenizer(path, trust_remote_code)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -66,8 +68,6 @@ def load_model(path: str, dtype=None, trust_remote_code: bool = False):
         base = load_model(_adapter_base(path), dtype, trust_remote_code)
         return PeftModel.from_pretrained(base, path).eval()
     if str(path).endswith(".gguf"):
-        from raysel.demo_model import load_gguf_model
-
         return load_gguf_model(path, dtype).eval()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     return model.eval()
@@ -90,3 +90,69 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags
+
+
+# --- GGUF files ----------------------------------------------------------------------------------
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Write a GGUF model as a plain safetensors folder (weights dequantized, tokenizer and chat template)."""
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    model = load_model(str(gguf_path))  # a plain model already: see load_gguf_model
+    tokenizer = load_tokenizer(str(gguf_path))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def load_gguf_model(path: str | Path, dtype=None):
+    """A GGUF file as an ordinary (dequantized) transformers model, free to save and train.
+
+    transformers keeps a GGUF quantization config on the model it loads, which then refuses
+    `save_pretrained`; so we rebuild the model from its config without it and copy the weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    dtype = dtype or torch.float32
+    log.info("loading %s (GGUF parsing takes ~20s)", path)
+    with memoized_gguf_name_map():
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    config = copy.deepcopy(loaded.config)
+    with contextlib.suppress(AttributeError):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    model.config.name_or_path = str(path)
+    return model
+
+
+def load_gguf_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def memoized_gguf_name_map():
+    """Build gguf's tensor name map once per load instead of once per module.
+
+    transformers (5.x) calls `gguf.get_tensor_name_map(arch, n_blocks)` for every submodule
+    (~400 times for SmolLM2), and each call rebuilds the same table: half of the load time.
+    The function is pure and its result only read, so memoizing it changes nothing else.
+    """
+    import gguf
+
+    original = getattr(gguf, "get_tensor_name_map", None)
+    if original is None:
+        yield
+        return
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = original

@@ -427,6 +427,6 @@ def resolve_pool_path(fields: PoolConfig) -> PoolConfig:
         return fields
     import dataclasses
 
-    from raysel.demo_pool import ensure_demo_pool
+    from raysel.demo.pool import ensure_demo_pool
 
     return dataclasses.replace(fields, path=str(ensure_demo_pool()))

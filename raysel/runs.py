@@ -1,10 +1,10 @@
-"""The run directory: the unit of reproducibility.
+"""The run directory: the unit of reproducibility, and the one place that knows its layout.
 
-    config.yaml, manifest.json, rows.parquet, round-R/{scores,selection}.parquet, ...
+    config.yaml, manifest.json, rows.parquet, round-R/{scores,embeddings,selection}.parquet, ...
 
 Each stage writes its output under a temporary name, renames it when complete, then
-leaves a completion marker (`.done/<stage>.json`, with its stats). `--resume` trusts
-markers, never the mere existence of a file.
+leaves a completion marker (`.done/<stage>.json`, with its stats): `RunDir.stage` does
+the marking. `--resume` trusts markers, never the mere existence of a file.
 """
 
 from __future__ import annotations
@@ -22,6 +22,17 @@ from pathlib import Path
 from raysel.config import Config, UserError, dump_config, load_config, result_changes
 
 log = logging.getLogger(__name__)
+
+
+ROWS_FILE = "rows.parquet"
+SCORES_FILE = "scores.parquet"
+EMBEDDINGS_FILE = "embeddings.parquet"
+SELECTION_FILE = "selection.parquet"
+SELECTED_FILE = "selected.jsonl"
+RESCORE_POOL_FILE = "rescore_pool.txt"  # rolling: the ids the next round re-scores, best first
+CHECKPOINT_DIR = "checkpoint"  # the tuned model, Hugging Face format
+TRAIN_DIR = "train"  # Ray Train storage: train/round-R/final holds the DeepSpeed state
+TRAIN_STATE_DIR = "final"  # the name each round's Ray Train checkpoint is reported under
 
 
 def default_run_dir(job: str) -> Path:
@@ -65,10 +76,60 @@ class RunDir:
         run.write_manifest(manifest)
         return run
 
+    # --- the layout -------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> Path:
+        return self.path / ROWS_FILE
+
     def round_dir(self, r: int) -> Path:
         d = self.path / f"round-{r}"
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def scores(self, r: int) -> Path:
+        return self.path / f"round-{r}" / SCORES_FILE
+
+    def embeddings(self, r: int) -> Path:
+        return self.path / f"round-{r}" / EMBEDDINGS_FILE
+
+    def selection(self, r: int) -> Path:
+        return self.path / f"round-{r}" / SELECTION_FILE
+
+    def selected(self, r: int) -> Path:
+        return self.path / f"round-{r}" / SELECTED_FILE
+
+    def rescore_pool(self, r: int) -> Path:
+        return self.path / f"round-{r}" / RESCORE_POOL_FILE
+
+    def checkpoint(self, r: int) -> Path:
+        return self.path / f"round-{r}" / CHECKPOINT_DIR
+
+    def train_storage(self) -> Path:
+        return self.path.resolve() / TRAIN_DIR
+
+    def train_state(self, r: int) -> Path:
+        """Where round r leaves its Ray Train checkpoint (DeepSpeed state + export)."""
+        return self.train_storage() / f"round-{r}" / TRAIN_STATE_DIR
+
+    def newest(self, kind: str, r: int) -> list[Path]:
+        """Round r's file of `kind` ("scores", "embeddings") and every earlier round's, newest first,
+        those that exist: the newest counts for a row that several rounds scored."""
+        return [p for p in (getattr(self, kind)(i) for i in range(r, -1, -1)) if p.exists()]
+
+    # --- stages --------------------------------------------------------------------------------
+
+    def stage(self, name: str, compute, force: bool = False) -> dict:
+        """Run `compute()` once behind the marker `name`: skipped when marked (unless `force`),
+        timed, then marked with the stats it returns. `compute` writes its outputs atomically
+        (atomic_output), so a marked stage's outputs are complete."""
+        if self.is_done(name) and not force:
+            return self.stats(name)
+        self.forget(name)
+        with timed() as seconds:
+            stats = compute()
+        self.mark_done(name, seconds(), stats)
+        return self.stats(name)
 
     # --- completion markers -------------------------------------------------------------
 

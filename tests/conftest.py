@@ -12,7 +12,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama with a ChatML chat template, saved as a normal HF folder."""
-    from raysel.testing import save_tiny_model
+    from raysel.demo.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-chat"), chat_template=True)
 
@@ -20,7 +20,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir_plain(tmp_path_factory):
     """The same, with no chat template (raysel falls back to its plain default template)."""
-    from raysel.testing import save_tiny_model
+    from raysel.demo.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-plain"), chat_template=False)
 

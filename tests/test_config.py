@@ -10,8 +10,8 @@ def test_shipped_configs_load():
     for path in CONFIG_DIR.glob("*.yaml"):
         load_config(path)
     cfg = load_config(None, ["selection.k=1000", "training.lora_target_modules=[q_proj, v_proj]",
-                             "selection.dedup_threshold=0.95", "pool.limit=10"])
-    assert cfg.selection.k == 1000.0 and cfg.selection.dedup_threshold == 0.95
+                             "iterit.dedup_threshold=0.95", "pool.limit=10"])
+    assert cfg.selection.k == 1000.0 and cfg.iterit.dedup_threshold == 0.95
     assert cfg.training.lora_target_modules == ["q_proj", "v_proj"] and cfg.pool.limit == 10
     assert cfg.model.path == "demo"  # the embedded default
 
@@ -20,11 +20,12 @@ def test_shipped_configs_load():
     ("selection.method=magic", "selection.method: 'magic' is not allowed; choose one of iterit, ifd, ifd_static"),
     ("selection.k=-3", "selection.k: must be positive"),
     ("selection.k=10.5", "selection.k: a count must be whole"),
-    ("selection.diversity_decay=2", "selection.diversity_decay: must be in [0, 1]"),
+    ("iterit.diversity_decay=2", "iterit.diversity_decay: must be in [0, 1]"),
+    ("selection.diversity=embedding", "selection.diversity is now iterit.diversity"),
     ("training.zero_stage=5", "training.zero_stage: 5 is not allowed; choose one of 0, 1, 2, 3"),
     ("training.batch_size=many", "training.batch_size: expected int, got 'many'"),
     ("scoring.embeddings=3", "scoring.embeddings: expected bool"),
-    ("selection.kk=3", "unknown field selection.kk; fields: method, k"),
+    ("selection.kk=3", "unknown field selection.kk; fields: method, k, rounds"),
     ("nosuch.k=3", "unknown config section 'nosuch'"),
     ("selectionk=3", "expected SECTION.FIELD=VALUE"),
 ])

@@ -8,8 +8,8 @@ from difflib import SequenceMatcher
 
 import pytest
 
-from raysel import demo_pool
-from raysel.demo_pool import DAYS, DEFECT_RATES, DOMAIN_SHARES, build_pool, ensure_demo_pool, write_demo_pool
+from raysel.demo import pool as demo_pool
+from raysel.demo.pool import DAYS, DEFECT_RATES, DOMAIN_SHARES, build_pool, ensure_demo_pool, write_demo_pool
 
 N, N_HELDOUT = 3000, 50
 EQUATION = re.compile(r"(\d+) ([-+×÷]) (\d+) = (\d+)")

@@ -97,7 +97,7 @@ def test_rescore_pool_all_ranks_every_row_in_later_rounds(tmp_path):
     """With `all`, round 1 scores and ranks every valid row, so its selection can (and here does)
     hold rows outside round 0's top rescore_factor * k (it used to select from those only)."""
     run_dir = tmp_path / "run"
-    run_job(run_dir, "--set", "selection.rescore_pool=all", "--set", "selection.rescore_factor=1")
+    run_job(run_dir, "--set", "iterit.rescore_pool=all", "--set", "iterit.rescore_factor=1")
     top0 = {row["id"] for row in pq.read_table(run_dir / "round-0" / "selection.parquet").to_pylist()
             if row["rank"] is not None}
     assert len(top0) == 20  # rescore_factor 1: round 0 ranks k rows
@@ -108,9 +108,20 @@ def test_rescore_pool_all_ranks_every_row_in_later_rounds(tmp_path):
     assert {i for _, i in selection(run_dir, 1)} - top0
 
 
+def test_budget_is_one_plan_for_the_loop_and_the_command_line():
+    from raysel.config import load_config
+    from raysel.loops.plan import Budget, plan_budget
+
+    demo = load_config(None)  # k 4% of the valid rows, 3 rounds, re-score pool 3k, 8 rows a step
+    assert plan_budget(demo, 494) == Budget(k=20, rounds=3, n_rank=60, total_steps=9)
+    full = load_config(None, ["selection.method=full"])
+    assert plan_budget(full, 494) == Budget(k=494, rounds=1, n_rank=494, total_steps=62)
+    assert plan_budget(load_config(None, ["selection.k=300"]), 494).n_rank == 494  # capped at the pool
+
+
 def test_round_plans():
     """What each round scores and ranks (the loop follows these plans; the runs above show it)."""
-    from raysel.loops.iterit import RoundPlan, plan_round
+    from raysel.loops.plan import RoundPlan, plan_round
 
     pool = ["a", "b"]
     assert plan_round("iterit", "fixed", 0, None) == RoundPlan(True, None, 0)
@@ -177,10 +188,14 @@ def test_ray_job_submit_to_a_running_cluster(tmp_path):
     try:
         address = f"http://127.0.0.1:{dash}"
         _wait_for_dashboard(address, head)
-        out = subprocess.run([ray_bin, "job", "submit", "--address", address, "--working-dir", ".", "--",
-                              "python", "jobs/iterit.py", "--config", "configs/tiny.yaml", "--run-dir",
-                              str(run_dir), "--set", "selection.rounds=1"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        submit = [ray_bin, "job", "submit", "--address", address, "--working-dir", ".", "--", "python",
+                  "jobs/iterit.py", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir), "--set",
+                  "selection.rounds=1"]
+        for _ in range(12):  # the job agent can come up some seconds after the dashboard answers
+            out = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent to submit job" not in out.stderr + out.stdout:
+                break
+            time.sleep(5)
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
         assert "succeeded" in out.stdout
     finally:

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from raysel import demo_model
+from raysel import models
+from raysel.demo import model as demo_model
 from raysel.models import load_model, load_tokenizer
 
 TEXTS = [
@@ -32,7 +33,7 @@ def converted(gguf_path, tmp_path_factory):
     """One conversion per session: into the cache when it is cold (templates tests reuse it), else a tmp dir."""
     if not (demo_model.cache_dir() / demo_model.CONVERTED_NAME).is_dir():
         return demo_model.ensure_demo_model()
-    return demo_model.convert_gguf(gguf_path, tmp_path_factory.mktemp("converted") / "smollm2")
+    return models.convert_gguf(gguf_path, tmp_path_factory.mktemp("converted") / "smollm2")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def gguf_oracle(gguf_path):
     """The model and tokenizer as transformers itself loads them from the GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with demo_model.memoized_gguf_name_map():  # same weights, twice as fast (see its docstring)
+    with models.memoized_gguf_name_map():  # same weights, twice as fast (see its docstring)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                      dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from raysel.actor_map import plan_actors
 from raysel.config import ScoringConfig
 from raysel.models import load_model, load_tokenizer
 from raysel.scoring.batch import BatchScorer, _Seq, encode_sample, plan_micro_batches, shared_prefix
-from raysel.scoring.stage import plan_actors
 from raysel.templates import render, render_plain
 
 SAMPLES = [

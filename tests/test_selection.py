@@ -100,7 +100,8 @@ def test_lazy_iterit_equals_naive_when_every_score_reaches_zero():
 
 
 def test_lazy_iterit_equals_naive_on_tfidf_pool():
-    from raysel.selection import features, synthetic
+    from raysel.demo import synthetic
+    from raysel.selection import features
 
     w = features.exact_tfidf(synthetic.responses(120, seed=5))
     ifd = synthetic.ifd_scores(120, seed=6)
@@ -184,7 +185,7 @@ def test_kcenter_equals_naive(pool, data):
 
 
 def test_embedding_greedy_on_realistic_pool_equals_naive_and_faiss_index():
-    from raysel.selection import synthetic
+    from raysel.demo import synthetic
 
     x = synthetic.embeddings(300, dim=24, n_topics=12, seed=3)
     ifd = synthetic.ifd_scores(300, seed=4)
@@ -246,7 +247,8 @@ def test_full_selects_everything():
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
 def test_every_selector_ranks_distinct_samples(name):
-    from raysel.selection import features, synthetic
+    from raysel.demo import synthetic
+    from raysel.selection import features
 
     n = 80
     texts = synthetic.responses(n, seed=1)

@@ -5,7 +5,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from raysel.selection import features, select, synthetic
+from raysel.demo import synthetic
+from raysel.selection import features, select
 
 TEXTS = [
     "The cat sat on the mat. The cat sat!",

@@ -8,8 +8,8 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
-from raysel.config import SelectionConfig, UserError
-from raysel.selection import synthetic
+from raysel.config import IterITConfig, UserError
+from raysel.demo import synthetic
 from raysel.selection.stage import rank_pool, ranked_ids, select_round
 
 N = 120
@@ -50,14 +50,14 @@ def run_dir(tmp_path):
     return tmp_path
 
 
-def _run(run_dir, cfg, k=10, n_rank=30, **kwargs):
+def _run(run_dir, method="iterit", params=None, k=10, n_rank=30, **kwargs):
     summary = select_round(run_dir / "rows.parquet", run_dir / "round-0" / "scores.parquet", run_dir / "round-0",
-                           cfg, k=k, n_rank=n_rank, seed=0, **kwargs)
+                           method, params or IterITConfig(), k=k, n_rank=n_rank, seed=0, **kwargs)
     return summary, pq.read_table(run_dir / "round-0" / "selection.parquet").to_pylist()
 
 
 def test_iterit_round_writes_every_row_with_a_reason(run_dir):
-    summary, table = _run(run_dir, SelectionConfig(features="exact"), use_ray=False)
+    summary, table = _run(run_dir, params=IterITConfig(features="exact"), use_ray=False)
     assert len(table) == N  # nothing disappears
     by_reason = {}
     for row in table:
@@ -82,46 +82,46 @@ def test_iterit_round_writes_every_row_with_a_reason(run_dir):
 
 def test_rescore_pool_limits_the_candidates(run_dir):
     pool = [f"row-{i:03d}" for i in range(1, 60)]
-    _, table = _run(run_dir, SelectionConfig(method="ifd"), candidate_ids=pool)
+    _, table = _run(run_dir, "ifd", candidate_ids=pool)
     outside = [r for r in table if r["id"] not in pool and not (r["reason"] or "").startswith("invalid")]
     assert outside and all(r["reason"] == "not in re-score pool" for r in outside)
     assert all(r["id"] in pool for r in table if r["selected"])
 
 
 def test_ray_featurisation_gives_the_same_selection(run_dir, ray_session):
-    cfg = SelectionConfig(features="hashed", n_features=2**18)
-    _, local = _run(run_dir, cfg, use_ray=False)
-    _, on_ray = _run(run_dir, cfg, use_ray=True)
+    cfg = IterITConfig(features="hashed", n_features=2**18)
+    _, local = _run(run_dir, params=cfg, use_ray=False)
+    _, on_ray = _run(run_dir, params=cfg, use_ray=True)
     assert local == on_ray
 
 
 def test_embedding_diversity_with_dedup(run_dir):
     ids = np.array([f"row-{i:03d}" for i in range(N)])
     vectors = synthetic.embeddings(N, dim=16, seed=23)
-    a, b = [r["id"] for r in _run(run_dir, SelectionConfig(method="ifd"))[1] if r["selected"]][:2]
+    a, b = [r["id"] for r in _run(run_dir, "ifd")[1] if r["selected"]][:2]
     vectors[int(a[4:])] = vectors[int(b[4:])]  # a planted duplicate pair, both eligible
-    cfg = SelectionConfig(diversity="embedding", dedup_threshold=0.99)
-    _, table = _run(run_dir, cfg, k=N, n_rank=N, embeddings=(ids[::-1], vectors[::-1]))
+    cfg = IterITConfig(diversity="embedding", dedup_threshold=0.99)
+    _, table = _run(run_dir, params=cfg, k=N, n_rank=N, embeddings=(ids[::-1], vectors[::-1]))
     dups = [(r["id"], r["duplicate_of"]) for r in table if r["reason"] == "duplicate"]
     assert dups in ([(a, b)], [(b, a)])
     assert not any(r["selected"] for r in table if r["id"] == dups[0][0])
 
 
 def test_methods_without_scores(run_dir):
-    cfg = SelectionConfig(method="full")
-    summary = select_round(run_dir / "rows.parquet", None, run_dir / "full", cfg, k=1, n_rank=1, seed=0)
+    summary = select_round(run_dir / "rows.parquet", None, run_dir / "full", "full", IterITConfig(), k=1,
+                           n_rank=1, seed=0)
     assert summary["selected"] == N - 5
     with pytest.raises(UserError, match="needs scores"):
-        select_round(run_dir / "rows.parquet", None, run_dir / "x", SelectionConfig(), k=1, n_rank=1, seed=0)
+        select_round(run_dir / "rows.parquet", None, run_dir / "x", "iterit", IterITConfig(), k=1, n_rank=1,
+                     seed=0)
     with pytest.raises(UserError, match="embeddings"):
-        _run(run_dir, SelectionConfig(method="kcenter"))
+        _run(run_dir, "kcenter")
 
 
 def test_rolling_pool_ranks_every_row_by_its_newest_score(run_dir):
     """A round re-scores its pool (here: the pool's IFDs fall after tuning); the rolling redraw
     ranks every row on its newest score, so rows from outside the old pool come back in."""
-    cfg = SelectionConfig(method="ifd")
-    _run(run_dir, cfg, k=10, n_rank=30)
+    _run(run_dir, "ifd", k=10, n_rank=30)
     old_pool, _ = ranked_ids(run_dir / "round-0" / "selection.parquet")
     round0 = pq.read_table(run_dir / "round-0" / "scores.parquet")
     rescored = round0.filter(pa.compute.is_in(round0["id"], pa.array(old_pool)))
@@ -130,41 +130,45 @@ def test_rolling_pool_ranks_every_row_by_its_newest_score(run_dir):
     (run_dir / "round-1").mkdir()
     pq.write_table(rescored, run_dir / "round-1" / "scores.parquet")
     paths = [run_dir / "round-1" / "scores.parquet", run_dir / "round-0" / "scores.parquet"]
-    pool = rank_pool(run_dir / "rows.parquet", paths, cfg, n_rank=30, seed=0)
+    pool = rank_pool(run_dir / "rows.parquet", paths, "ifd", IterITConfig(), n_rank=30, seed=0)
 
     merged = pa.concat_tables([rescored, round0.filter(pa.compute.invert(pa.compute.is_in(
         round0["id"], pa.array(old_pool))))])
     pq.write_table(merged, run_dir / "merged.parquet")
-    assert pool == rank_pool(run_dir / "rows.parquet", run_dir / "merged.parquet", cfg, n_rank=30, seed=0)
+    assert pool == rank_pool(run_dir / "rows.parquet", run_dir / "merged.parquet", "ifd", IterITConfig(), n_rank=30,
+                            seed=0)
     assert len(pool) == 30 and set(pool) - set(old_pool)  # newcomers from outside the old pool
     newest = dict(zip(merged["id"].to_pylist(), merged["ifd"].to_pylist(), strict=True))
     assert [newest[i] for i in pool] == sorted((newest[i] for i in pool), reverse=True)
 
 
-def test_rolling_select_stage_writes_the_next_pool(run_dir):
-    """select_stage under rescore_pool=rolling: round 1 selects inside its pool and leaves the
-    redrawn pool (every row on its newest score) in round-1/rescore_pool.txt, which resume reads."""
+def test_rolling_rescore_pool_stage_writes_the_next_pool(run_dir):
+    """Under rescore_pool=rolling, round 1 selects inside its pool; the re-score pool stage then
+    leaves the pool redrawn from every row's newest score in round-1/rescore_pool.txt, which
+    resume reads."""
     from raysel.config import load_config
     from raysel.runs import RunDir
-    from raysel.stages import RESCORE_POOL_FILE, select_stage
+    from raysel.stages import rescore_pool_stage, select_stage
 
-    cfg = load_config(overrides=[f"run.dir={run_dir}", "selection.method=ifd", "selection.rescore_pool=rolling"])
+    cfg = load_config(overrides=[f"run.dir={run_dir}", "selection.method=ifd", "iterit.rescore_pool=rolling"])
     run = RunDir.create(cfg, "test", reuse=True)
     first = select_stage(run, cfg, 0, k=10, n_rank=30)
-    assert first["next_pool"] == first["ranked_ids"][:30]  # round 0 ranked every row already
+    pool = first["ranked_ids"][:30]
     scores = pq.read_table(run_dir / "round-0" / "scores.parquet")
-    rescored = scores.filter(pa.compute.is_in(scores["id"], pa.array(first["next_pool"])))
+    rescored = scores.filter(pa.compute.is_in(scores["id"], pa.array(pool)))
     rescored = rescored.set_column(rescored.schema.get_field_index("ifd"), "ifd",
                                    pa.array([0.5] * rescored.num_rows))
     (run_dir / "round-1").mkdir()
     pq.write_table(rescored, run_dir / "round-1" / "scores.parquet")
-    second = select_stage(run, cfg, 1, k=10, n_rank=30, candidate_ids=first["next_pool"])
-    assert set(second["selected_ids"]) <= set(first["next_pool"])
+    second = select_stage(run, cfg, 1, k=10, n_rank=30, candidate_ids=pool)
+    assert set(second["selected_ids"]) <= set(pool)
+    next_pool = rescore_pool_stage(run, cfg, 1, n_rank=30)
     paths = [run_dir / "round-1" / "scores.parquet", run_dir / "round-0" / "scores.parquet"]
-    assert second["next_pool"] == rank_pool(run_dir / "rows.parquet", paths, cfg.selection, n_rank=30, seed=1)
-    assert (run_dir / "round-1" / RESCORE_POOL_FILE).read_text().split() == second["next_pool"]
-    assert set(second["next_pool"]) != set(first["next_pool"])
-    assert select_stage(run, cfg, 1, k=10, n_rank=30, candidate_ids=first["next_pool"]) == second  # resumed
+    assert next_pool == rank_pool(run_dir / "rows.parquet", paths, "ifd", cfg.iterit, n_rank=30, seed=1)
+    assert run.rescore_pool(1).read_text().split() == next_pool
+    assert set(next_pool) != set(pool)
+    assert select_stage(run, cfg, 1, k=10, n_rank=30, candidate_ids=pool) == second  # resumed
+    assert rescore_pool_stage(run, cfg, 1, n_rank=30) == next_pool
 
 
 def test_command_line_select(run_dir, ray_session, capsys):
@@ -224,8 +228,8 @@ def test_selection_order_equals_the_reference_port(tmp_path, features, use_ray, 
         "raw": [json.dumps({"instruction": "q", "output": t}) for t in texts]}), tmp_path / "rows.parquet")
     pq.write_table(pa.table({"id": ids, "status": ["scored"] * n, "reason": [None] * n,
                              "ifd": ifd.tolist()}), tmp_path / "scores.parquet")
-    cfg = SelectionConfig(features=features, n_features=2**12)  # few buckets: collisions happen
-    select_round(tmp_path / "rows.parquet", tmp_path / "scores.parquet", tmp_path, cfg, k=25, n_rank=25,
+    cfg = IterITConfig(features=features, n_features=2**12)  # few buckets: collisions happen
+    select_round(tmp_path / "rows.parquet", tmp_path / "scores.parquet", tmp_path, "iterit", cfg, k=25, n_rank=25,
                  seed=0, use_ray=use_ray)
     ranked, _ = ranked_ids(tmp_path / "selection.parquet")
     n_features = cfg.n_features if features == "hashed" else None
@@ -233,7 +237,7 @@ def test_selection_order_equals_the_reference_port(tmp_path, features, use_ray, 
 
 
 def test_ifd_static_ranks_by_ifd_alone(run_dir):
-    summary, table = _run(run_dir, SelectionConfig(method="ifd_static"))
+    summary, table = _run(run_dir, "ifd_static")
     assert summary["method"] == "ifd_static"
     picked = sorted((r["rank"], r["ifd"]) for r in table if r["selected"])
     eligible = sorted((r["ifd"] for r in table if r["ifd"] is not None and r["ifd"] < 1.0
@@ -253,3 +257,33 @@ def test_ifd_static_selects_the_same_rows_every_round(run_dir):
     second = select_stage(run, cfg, 1, k=10, n_rank=30, scores_round=0)
     assert second["selected_ids"] == first["selected_ids"] and len(first["selected_ids"]) == 10
     assert pq.read_table(run_dir / "round-1" / "selection.parquet").num_rows == N
+
+
+def test_selection_is_generic_over_score_columns(run_dir, monkeypatch):
+    """A selector ranks on any named score (here a `reward`, as DaaR's will); selection.parquet
+    carries the scores file's own columns beside the common ones, and needs no `ifd`."""
+    from raysel.selection import SELECTORS, Selector
+    from raysel.selection.base import Selection, no_duplicates, no_reasons
+
+    scores = pq.read_table(run_dir / "round-0" / "scores.parquet").drop(["ifd", "l_cond", "l_prior"])
+    reward = np.random.default_rng(3).random(scores.num_rows)
+    pq.write_table(scores.append_column("reward", pa.array(reward)), run_dir / "reward.parquet")
+
+    def by_reward(req):
+        order = np.argsort(-req.scores["reward"], kind="stable")[:req.n_rank]
+        return Selection("by_reward", order, min(req.k, len(order)), np.full(len(order), np.nan),
+                         req.scores["reward"][order], no_reasons(req.n), no_duplicates(req.n))
+
+    monkeypatch.setitem(SELECTORS, "by_reward", Selector(by_reward))
+    out = run_dir / "by-reward"
+    select_round(run_dir / "rows.parquet", run_dir / "reward.parquet", out, "by_reward", IterITConfig(), k=5,
+                 n_rank=5, seed=0)
+    table = pq.read_table(out / "selection.parquet")
+    assert table.column_names[:2] == ["id", "reward"] and "ifd" not in table.column_names
+    rows = [r for r in table.to_pylist() if r["reward"] is not None and not np.isnan(r["reward"])]
+    best = sorted((r["reward"] for r in rows if r["reason"] is None or not r["reason"].startswith(
+        ("invalid", "unscored"))), reverse=True)[:5]
+    assert sorted((r["reward"] for r in rows if r["selected"]), reverse=True) == best
+    with pytest.raises(UserError, match="lack the column"):
+        select_round(run_dir / "rows.parquet", run_dir / "reward.parquet", out, "ifd", IterITConfig(), k=5,
+                     n_rank=5, seed=0)

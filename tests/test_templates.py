@@ -46,7 +46,7 @@ STYLES = {
 def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from raysel.demo_model import ensure_demo_model
+    from raysel.demo.model import ensure_demo_model
 
     return AutoTokenizer.from_pretrained(ensure_demo_model())
 

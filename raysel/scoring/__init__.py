@@ -6,12 +6,8 @@ writes round-R/scores.parquet and round-R/embeddings.parquet.
 
 from raysel.scoring.batch import BatchScorer, Encoded, SampleScore, encode_sample
 from raysel.scoring.stage import (
-    EMBEDDINGS_FILE,
-    SCORES_FILE,
     SCORES_SCHEMA,
-    ActorPlan,
     Scorer,
-    plan_actors,
     read_embeddings,
     read_scores,
     resolve_dtype,
@@ -20,7 +16,7 @@ from raysel.scoring.stage import (
 )
 
 __all__ = [
-    "EMBEDDINGS_FILE", "SCORES_FILE", "SCORES_SCHEMA", "ActorPlan", "BatchScorer", "Encoded", "SampleScore",
-    "Scorer", "encode_sample", "plan_actors", "read_embeddings", "read_scores", "resolve_dtype", "score_pool",
+    "SCORES_SCHEMA", "BatchScorer", "Encoded", "SampleScore",
+    "Scorer", "encode_sample", "read_embeddings", "read_scores", "resolve_dtype", "score_pool",
     "score_table",
 ]

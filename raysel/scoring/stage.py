@@ -3,7 +3,7 @@
     summary = score_pool(run / "rows.parquet", run / "round-0", "demo", cfg)
     ids, vectors = read_embeddings(run / "round-0")
 
-Each actor loads the model once (a base model or a round's checkpoint: full weights or a LoRA
+The rows reach the actors through the shared actor map (raysel.actor_map). Each actor loads the model once (a base model or a round's checkpoint: full weights or a LoRA
 adapter on its base) and scores a Ray batch of `scoring.batch_size` samples at a time with
 `BatchScorer`. Outputs, each written atomically:
 
@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from raysel.config import Config, ConfigError, ScoringConfig
-from raysel.runs import atomic_output
+from raysel.actor_map import map_valid_rows, plan_actors
+from raysel.config import Config
+from raysel.runs import EMBEDDINGS_FILE, SCORES_FILE, atomic_output
 
 log = logging.getLogger(__name__)
 
-SCORES_FILE = "scores.parquet"
-EMBEDDINGS_FILE = "embeddings.parquet"
 
 SCORES_SCHEMA = pa.schema([
     ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
@@ -38,12 +36,6 @@ SCORES_SCHEMA = pa.schema([
     ("n_answer_tokens", pa.int32()), ("truncated", pa.bool_()),
 ])
 
-# CPU actors when the config leaves it open: at most MAX_AUTO_CPU_ACTORS model copies, the
-# node's CPUs shared out as torch threads among them. On the 2-core box that is two actors of one
-# thread: a multi-threaded op waits at a barrier for its slowest thread, and on a busy machine a
-# descheduled thread stalls every op (2 threads scored 60-70 tokens/s under load where 1 thread
-# scored 300-760); one single-threaded actor per core never waits on another.
-MAX_AUTO_CPU_ACTORS = 8
 # Forward micro-batch sizes, in padded tokens. On CPU a few thousand tokens amortise the
 # per-op overhead of eager PyTorch; much more spills the activations out of cache. One thread,
 # SmolLM2, demo samples. bf16 on a quiet 2-core AMX Xeon (150 samples): 512 -> 589, 1024 -> 832,
@@ -64,35 +56,6 @@ def default_tokens_per_forward(device: str, dtype) -> int:
     if device == "cuda":
         return GPU_TOKENS_PER_FORWARD
     return CPU_TOKENS_PER_FORWARD.get(str(dtype).removeprefix("torch."), 4096)
-
-
-# --- where and how the actors run -----------------------------------------------------------
-
-@dataclass(frozen=True)
-class ActorPlan:
-    num_actors: int
-    num_cpus: float  # Ray resources per actor
-    num_gpus: int
-    threads: int  # torch threads per actor
-    device: str  # "cuda" | "cpu"
-
-
-def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
-    """One actor per GPU; without GPUs, CPU actors of a few threads each that fill the cluster."""
-    if scoring.num_actors < 0 or scoring.cpus_per_actor < 0:
-        raise ConfigError("scoring.num_actors and scoring.cpus_per_actor must be 0 (auto) or positive")
-    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
-    if gpus:
-        n = scoring.num_actors or gpus
-        threads = scoring.cpus_per_actor or max(1, min(4, cpus // n))  # tokenisation, host-side work
-        return ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda")
-    n = scoring.num_actors or (max(1, cpus // scoring.cpus_per_actor) if scoring.cpus_per_actor
-                               else min(cpus, MAX_AUTO_CPU_ACTORS))
-    threads = scoring.cpus_per_actor or max(1, cpus // n)
-    if n * threads > cpus:
-        raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
-                          f"the cluster has {cpus}: lower one of them (0 picks automatically)")
-    return ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu")
 
 
 def resolve_dtype(name: str, device: str):
@@ -191,10 +154,11 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     import ray
 
     rows_path, out_dir = Path(rows_path).resolve(), Path(out_dir)
-    wanted, counts = _rows_to_score(rows_path, ids)
     plan = plan_actors(cfg.scoring, ray.cluster_resources())
+    ctor = {"model_path": str(model_path), "cfg": cfg, "threads": plan.threads, "device": plan.device}
+    scored, counts = map_valid_rows(rows_path, Scorer, ctor, plan, ["id", "prompt", "response"], ids=ids,
+                                    batch_size=cfg.scoring.batch_size)
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
-    scored = _pipeline(rows_path, wanted, counts["to_score"], model_path, cfg, plan) if counts["to_score"] else None
     scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings)
     out_dir.mkdir(parents=True, exist_ok=True)
     if embeddings is not None:
@@ -206,62 +170,6 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
             "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers,
             "threads_per_actor": plan.threads, "device": plan.device, "dtype": ",".join(sorted(dtypes)) or None,
             "prior_context": "; ".join(sorted(priors)) or None}
-
-
-def _rows_to_score(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | None, dict]:
-    """The ids to score (None: every valid row) and the counts of what is and is not scored."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    keys = pads.dataset(str(rows_path), format="parquet").to_table(columns=["id", "status"])
-    valid = keys.filter(pc.equal(keys["status"], "valid"))["id"]
-    counts = {"rows": keys.num_rows, "excluded_at_ingestion": keys.num_rows - len(valid)}
-    if ids is None:
-        return None, {**counts, "to_score": len(valid)}
-    wanted = pa.array(sorted(set(ids)), pa.string())
-    found = pc.is_in(wanted, value_set=valid)
-    missing = len(wanted) - pc.sum(found).as_py() if len(wanted) else 0
-    if missing:
-        log.warning("%d of the %d ids to re-score are not valid rows of %s; skipped", missing, len(wanted), rows_path)
-    wanted = wanted.filter(found)
-    return wanted, {**counts, "requested": len(ids), "not_valid_or_unknown": missing, "to_score": len(wanted)}
-
-
-def _pipeline(rows_path: Path, wanted: pa.Array | None, n_rows: int, model_path: str, cfg: Config,
-              plan: ActorPlan):
-    import ray
-
-    ds = ray.data.read_parquet(str(rows_path)).select_columns(["id", "status", "prompt", "response"])
-    ds = ds.map_batches(_keep_rows, fn_kwargs={"wanted": wanted}, batch_format="pyarrow", batch_size=None)
-    # One block per Ray batch, and at least a few per actor: an actor that is ready first
-    # must not take the whole of a small pool while the others are still loading the model.
-    n_blocks = max(4 * plan.num_actors, -(-n_rows // cfg.scoring.batch_size))
-    batch_size = -(-n_rows // n_blocks)
-    ds = ds.repartition(n_blocks)
-    # Read before the actors start: actors that fill every CPU would leave no slot for the read
-    # tasks, and the pipeline would wait forever. The text is small next to the scoring work.
-    ds = ds.materialize()
-    resources = {"num_gpus": plan.num_gpus} if plan.num_gpus else {"num_cpus": plan.num_cpus}
-    return ds.map_batches(
-        Scorer,
-        fn_constructor_kwargs={"model_path": str(model_path), "cfg": cfg, "threads": plan.threads,
-                               "device": plan.device},
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        # One batch at a time per actor: a batch takes seconds to minutes, so fetching the next
-        # one costs nothing, and no actor holds a queue that another could be working on.
-        compute=ray.data.ActorPoolStrategy(size=plan.num_actors, max_tasks_in_flight_per_actor=1),
-        **resources,
-    )
-
-
-def _keep_rows(batch: pa.Table, wanted: pa.Array | None) -> pa.Table:
-    import pyarrow.compute as pc
-
-    keep = pc.equal(batch["status"], "valid")
-    if wanted is not None:
-        keep = pc.and_(keep, pc.is_in(batch["id"], value_set=wanted))
-    return batch.filter(keep).select(["id", "prompt", "response"])
 
 
 def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int, set[str], set[str]]:

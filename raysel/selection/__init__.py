@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,31 +26,51 @@ from raysel.selection.greedy import select_iterit
 
 log = logging.getLogger(__name__)
 
-SELECTORS: dict[str, Callable[[Request], Selection]] = {
-    "iterit": select_iterit,
-    "embedding": select_embedding,
-    "random": select_random,
-    "ifd": select_ifd,  # on scores re-computed each round: IterIT's IFD-only ablation
-    "ifd_static": select_ifd,  # on the base model's scores, every round (Superfiltering / Cherry-LLM)
-    "full": select_full,
-    "kcenter": select_kcenter,
+@dataclass(frozen=True)
+class Selector:
+    """A selector and what it needs, declared once: the stage reads (and the loops compute) only that."""
+
+    rank: Callable[[Request], Selection]
+    needs_ifd: bool = False  # IFD scores from the scoring stage
+    needs_features: bool = False  # response TF-IDF rows
+    needs_embeddings: bool = False  # pooled hidden states, also from the scoring stage
+
+    @property
+    def needs_scoring(self) -> bool:
+        return self.needs_ifd or self.needs_embeddings
+
+
+SELECTORS: dict[str, Selector] = {
+    "iterit": Selector(select_iterit, needs_ifd=True, needs_features=True),
+    "embedding": Selector(select_embedding, needs_ifd=True, needs_embeddings=True),
+    "random": Selector(select_random),
+    "ifd": Selector(select_ifd, needs_ifd=True),  # on scores re-computed each round: IterIT's IFD-only ablation
+    "ifd_static": Selector(select_ifd, needs_ifd=True),  # on the base model's scores, every round
+    "full": Selector(select_full),
+    "kcenter": Selector(select_kcenter, needs_embeddings=True),
 }
 
-__all__ = ["SELECTORS", "Request", "Selection", "get_selector", "select"]
+__all__ = ["SELECTORS", "Request", "Selection", "Selector", "get_selector", "select", "selector_name"]
 
 
-def get_selector(name: str) -> Callable[[Request], Selection]:
+def get_selector(name: str) -> Selector:
     try:
         return SELECTORS[name]
     except KeyError:
         raise ValueError(f"unknown selector {name!r}; choose one of: {', '.join(SELECTORS)}") from None
 
 
+def selector_name(method: str, diversity: str = "tfidf") -> str:
+    """The registry name for a config: iterit with embedding diversity is the `embedding` selector."""
+    return "embedding" if method == "iterit" and diversity == "embedding" else method
+
+
 def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=None, embeddings=None,
-           gamma: float = 0.1, ifd_max: float = 1.0, dedup_threshold: float | None = None,
-           seed: int = 0) -> Selection:
-    """Rank samples with the selector `name`; the first k of the ranking (up to n_rank >= k) are selected."""
-    selector = get_selector(name)
+           scores: dict | None = None, gamma: float = 0.1, ifd_max: float = 1.0,
+           dedup_threshold: float | None = None, seed: int = 0) -> Selection:
+    """Rank samples with the selector `name`; the first k of the ranking (up to n_rank >= k) are selected.
+    `scores`: every named score array (aligned with ids) for selectors that rank on more than IFD."""
+    selector = get_selector(name).rank
     ids = np.asarray(ids, dtype=object)
     ifd = np.full(len(ids), np.nan) if ifd is None else np.asarray(ifd, dtype=np.float64)
     if len(ifd) != len(ids):
@@ -58,7 +79,8 @@ def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=N
         raise ValueError(f"k and n_rank must be non-negative, got k={k}, n_rank={n_rank}")
     n_rank = max(int(k), int(n_rank if n_rank is not None else k))
     req = Request(ifd=ifd, k=int(k), n_rank=n_rank, ids=ids, features=features, embeddings=embeddings,
-                  gamma=gamma, ifd_max=ifd_max, dedup_threshold=dedup_threshold, seed=seed)
+                  gamma=gamma, ifd_max=ifd_max, dedup_threshold=dedup_threshold, seed=seed,
+                  scores=dict(scores or {}))
     started = time.perf_counter()
     selection = selector(req)
     selection.stats["seconds"] = round(time.perf_counter() - started, 3)

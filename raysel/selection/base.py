@@ -30,6 +30,7 @@ class Request:
     ifd_max: float = 1.0
     dedup_threshold: float | None = None
     seed: int = 0
+    scores: dict = field(default_factory=dict)  # every named score array (ifd, losses, ...), aligned
 
     @property
     def n(self) -> int:

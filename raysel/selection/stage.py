@@ -1,7 +1,7 @@
 """The selection stage: rows.parquet + round-R/scores.parquet -> round-R/selection.parquet, selected.jsonl.
 
     summary = select_round(run / "rows.parquet", run / "round-0/scores.parquet", run / "round-0",
-                           cfg.selection, k=500, n_rank=1500, seed=0)
+                           "iterit", cfg.iterit, k=500, n_rank=1500, seed=0)
     ranked, selected = ranked_ids(run / "round-0/selection.parquet")
 
     raysel select --run-dir runs/x --round 0 --set selection.k=500     # the same, by hand
@@ -10,7 +10,9 @@ It reads only the columns it needs (never the pool's text into the driver on the
 features are computed by Ray Data when a Ray session is up). selection.parquet has one row per row
 of rows.parquet, nothing dropped:
 
-    id, ifd, l_cond, l_prior   the scores (null where the row was not scored)
+    id
+    <score columns>            every float column of the scores (IFD: ifd, l_cond, l_prior; null
+                               where the row was not scored); none for methods without scores
     diversity, score           diversity gain at pick time and the ranking score (ranked rows only)
     selected, rank             rank: 0 = best, over the ranked rows (the first k are selected)
     reason                     null when selected; else "invalid: <ingestion reason>",
@@ -34,33 +36,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from raysel.config import SelectionConfig, UserError
-from raysel.runs import atomic_output
-from raysel.selection import Selection, select
+from raysel.config import IterITConfig, UserError
+from raysel.runs import SELECTED_FILE, SELECTION_FILE, atomic_output
+from raysel.selection import Selection, get_selector, select, selector_name
 from raysel.selection.base import ifd_eligibility
 
-SELECTION_FILE = "selection.parquet"
-SELECTED_FILE = "selected.jsonl"
-NEEDS_SCORES = {"iterit", "embedding", "ifd", "ifd_static"}
-NEEDS_EMBEDDINGS = {"embedding", "kcenter"}
 RAY_FEATURIZE_MIN_ROWS = 50_000  # below this, hashed features are computed in the driver
 
-SELECTION_SCHEMA = pa.schema([
-    ("id", pa.string()), ("ifd", pa.float64()), ("l_cond", pa.float64()), ("l_prior", pa.float64()),
+COMMON_COLUMNS = [  # after `id` and the method's own score columns
     ("diversity", pa.float64()), ("score", pa.float64()), ("selected", pa.bool_()), ("rank", pa.int64()),
     ("reason", pa.string()), ("duplicate_of", pa.string()),
-])
+]
+KEY_COLUMNS = ("id", "status", "reason")  # of a scores file; its float columns are the scores
 
 
-def selector_name(cfg: SelectionConfig) -> str:
-    """The registry name for a config: iterit with embedding diversity is the `embedding` selector."""
-    if cfg.method == "iterit" and cfg.diversity == "embedding":
-        return "embedding"
-    return cfg.method
+def selection_schema(score_columns: list[str]) -> pa.Schema:
+    return pa.schema([("id", pa.string()), *((c, pa.float64()) for c in score_columns), *COMMON_COLUMNS])
 
 
-def select_round(rows_path, scores_path, out_dir, cfg: SelectionConfig, k: int, n_rank: int, seed: int,
-                 candidate_ids=None, embeddings=None, use_ray: bool | None = None) -> dict:
+def select_round(rows_path, scores_path, out_dir, method: str, params: IterITConfig, k: int, n_rank: int,
+                 seed: int, candidate_ids=None, embeddings=None, use_ray: bool | None = None) -> dict:
     """Select k rows (ranking n_rank) and write selection.parquet and selected.jsonl into out_dir.
 
     scores_path: a parquet file or a folder of them (None only for random and full), or a list
@@ -70,7 +65,7 @@ def select_round(rows_path, scores_path, out_dir, cfg: SelectionConfig, k: int, 
     Returns a summary: counts per reason, mean IFD of the selection and of the pool, timings.
     """
     started = time.perf_counter()
-    r = _rank(rows_path, scores_path, cfg, k, n_rank, seed, candidate_ids, embeddings, use_ray)
+    r = _rank(rows_path, scores_path, method, params, k, n_rank, seed, candidate_ids, embeddings, use_ray)
     table = _selection_table(r.rows, r.scores, r.pool, r.sel)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,11 +75,11 @@ def select_round(rows_path, scores_path, out_dir, cfg: SelectionConfig, k: int, 
     return _summary(r.name, table, r.pool, r.sel, r.t_features, r.t_select, time.perf_counter() - started)
 
 
-def rank_pool(rows_path, scores_path, cfg: SelectionConfig, n_rank: int, seed: int, embeddings=None,
-              use_ray: bool | None = None) -> list[str]:
+def rank_pool(rows_path, scores_path, method: str, params: IterITConfig, n_rank: int, seed: int,
+              embeddings=None, use_ray: bool | None = None) -> list[str]:
     """The n_rank best valid rows, best first, ranked as select_round ranks them; writes nothing.
     The rolling re-score pool: ranked over every row's newest score (scores_path a list)."""
-    r = _rank(rows_path, scores_path, cfg, n_rank, n_rank, seed, None, embeddings, use_ray)
+    r = _rank(rows_path, scores_path, method, params, n_rank, n_rank, seed, None, embeddings, use_ray)
     return r.pool_ids[r.sel.order].tolist()
 
 
@@ -100,23 +95,25 @@ class _Ranking:
     t_select: float
 
 
-def _rank(rows_path, scores_path, cfg: SelectionConfig, k, n_rank, seed, candidate_ids, embeddings,
+def _rank(rows_path, scores_path, method: str, cfg: IterITConfig, k, n_rank, seed, candidate_ids, embeddings,
           use_ray) -> _Ranking:
-    name = selector_name(cfg)
+    name = selector_name(method, cfg.diversity)
+    needs = get_selector(name)
     rows = _read_rows(rows_path)
-    scores = _read_scores(scores_path, name)
+    scores = _read_scores(scores_path, name, ("ifd",) if needs.needs_ifd else ())
     pool = _pool(rows, scores, candidate_ids)
     pool_ids = rows["id"][pool.index]
     features, t_features = None, 0.0
-    if name == "iterit":
+    if needs.needs_features:
         t0 = time.perf_counter()
         features = _eligible_features(rows_path, rows, pool, cfg, use_ray)
         pool_ids = rows["id"][pool.index]
         t_features = time.perf_counter() - t0
-    vectors = _aligned_embeddings(embeddings, pool_ids) if name in NEEDS_EMBEDDINGS else None
+    vectors = _aligned_embeddings(embeddings, pool_ids) if needs.needs_embeddings else None
     t0 = time.perf_counter()
-    sel = select(name, pool.ifd, k, n_rank, ids=pool_ids, features=features, embeddings=vectors,
-                 gamma=cfg.diversity_decay, ifd_max=cfg.ifd_max, dedup_threshold=cfg.dedup_threshold, seed=seed)
+    sel = select(name, pool.scores.get("ifd"), k, n_rank, ids=pool_ids, features=features, embeddings=vectors,
+                 scores=pool.scores, gamma=cfg.diversity_decay, ifd_max=cfg.ifd_max,
+                 dedup_threshold=cfg.dedup_threshold, seed=seed)
     return _Ranking(name, rows, scores, pool, pool_ids, sel, t_features, time.perf_counter() - t0)
 
 
@@ -139,34 +136,37 @@ def _read_rows(rows_path) -> dict[str, np.ndarray]:
     return {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
 
 
-def _read_scores(scores_path, name: str) -> dict[str, np.ndarray] | None:
+def _read_scores(scores_path, name: str, needed: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """{id, status, reason, <every float score column>}; `needed`: the columns the method cannot do without."""
     if scores_path is None:
-        if name in NEEDS_SCORES:
+        if needed:
             raise UserError(f"selection method {name!r} needs scores: score the round first (raysel score)")
         return None
     if isinstance(scores_path, list | tuple):
-        return newest_first([_read_score_file(p) for p in scores_path])
-    return _read_score_file(scores_path)
+        return newest_first([_read_score_file(p, needed) for p in scores_path])
+    return _read_score_file(scores_path, needed)
 
 
-def _read_score_file(scores_path) -> dict[str, np.ndarray]:
+def _read_score_file(scores_path, needed: tuple[str, ...]) -> dict[str, np.ndarray]:
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(str(scores_path), format="parquet")
-    missing = {"id", "status", "ifd"} - set(dataset.schema.names)
+    missing = {"id", "status", *needed} - set(dataset.schema.names)
     if missing:
         raise UserError(f"{scores_path}: scores lack the column(s) {sorted(missing)}")
-    wanted = [c for c in ("id", "status", "reason", "l_cond", "l_prior", "ifd") if c in dataset.schema.names]
-    table = dataset.to_table(columns=wanted)
-    out = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in ("id", "status", "reason")
-           if c in wanted}
+    floats = [f.name for f in dataset.schema if pa.types.is_floating(f.type) and f.name not in KEY_COLUMNS]
+    table = dataset.to_table(columns=[c for c in KEY_COLUMNS if c in dataset.schema.names] + floats)
+    out = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in KEY_COLUMNS if c in table.column_names}
     out.setdefault("reason", np.full(table.num_rows, None, dtype=object))
-    for c in ("l_cond", "l_prior", "ifd"):
-        col = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) if c in wanted else None
-        out[c] = col if col is not None else np.full(table.num_rows, np.nan)
+    for c in floats:
+        out[c] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
     if len(set(out["id"])) != table.num_rows:
         raise UserError(f"{scores_path}: an id is scored more than once")
     return out
+
+
+def score_columns(scores: dict | None) -> list[str]:
+    return [c for c in scores if c not in KEY_COLUMNS] if scores is not None else []
 
 
 def newest_first(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -179,15 +179,21 @@ def newest_first(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 class _Pool:
-    """The rows that can be ranked (indices into rows.parquet), with their IFD, and every other row's reason."""
+    """The rows that can be ranked (indices into rows.parquet), their scores, and every other row's reason."""
 
-    def __init__(self, index: np.ndarray, ifd: np.ndarray, reason: np.ndarray, score_row: np.ndarray):
-        self.index, self.ifd = index, ifd
+    def __init__(self, index: np.ndarray, scores: dict[str, np.ndarray], reason: np.ndarray,
+                 score_row: np.ndarray):
+        self.index, self.scores = index, scores  # scores: named float arrays aligned with index
         self.reason = reason  # per row of rows.parquet: why it is not in the pool, or None
         self.score_row = score_row  # per row of rows.parquet: its row in the scores, or -1
 
+    @property
+    def ifd(self) -> np.ndarray:
+        return self.scores.get("ifd", np.full(len(self.index), np.nan))
+
     def reorder(self, order: np.ndarray) -> None:
-        self.index, self.ifd = self.index[order], self.ifd[order]
+        self.index = self.index[order]
+        self.scores = {c: v[order] for c, v in self.scores.items()}
 
 
 def _pool(rows, scores, candidate_ids) -> _Pool:
@@ -210,11 +216,11 @@ def _pool(rows, scores, candidate_ids) -> _Pool:
         bad &= scores["status"][np.maximum(score_row, 0)] != "scored"
         reason[bad] = ["unscored: " + str(r) for r in scores["reason"][score_row[bad]]]
     index = np.flatnonzero(pd.isna(reason))
-    ifd = scores["ifd"][score_row[index]] if scores is not None else np.full(len(index), np.nan)
-    return _Pool(index, np.asarray(ifd, dtype=np.float64), reason, score_row)
+    named = {c: scores[c][score_row[index]] for c in score_columns(scores)}
+    return _Pool(index, named, reason, score_row)
 
 
-def _eligible_features(rows_path, rows, pool: _Pool, cfg: SelectionConfig, use_ray: bool | None):
+def _eligible_features(rows_path, rows, pool: _Pool, cfg: IterITConfig, use_ray: bool | None):
     """TF-IDF rows of the pool, fitted on the candidates being ranked (IFD < ifd_max) only, as the
     reference does (docs/methods.md, Diversity): rows that can never be picked must not shape the idf.
     Reorders the pool (eligible rows first, in the features' order); the others get empty rows."""
@@ -227,7 +233,7 @@ def _eligible_features(rows_path, rows, pool: _Pool, cfg: SelectionConfig, use_r
     return sp.vstack([features, empty], format="csr")
 
 
-def _features(rows_path, pool_ids: np.ndarray, cfg: SelectionConfig, use_ray: bool | None):
+def _features(rows_path, pool_ids: np.ndarray, cfg: IterITConfig, use_ray: bool | None):
     """(order, CSR): TF-IDF rows of the pool's responses; pool[order] is the features' row order."""
     import pandas as pd
 
@@ -271,7 +277,7 @@ def _aligned_embeddings(embeddings, pool_ids: np.ndarray) -> np.ndarray:
 
 def _selection_table(rows, scores, pool: _Pool, sel: Selection) -> pa.Table:
     n = len(rows["id"])
-    score_parts = {c: np.full(n, np.nan) for c in ("ifd", "l_cond", "l_prior")}
+    score_parts = {c: np.full(n, np.nan) for c in score_columns(scores)}
     if scores is not None:
         has = pool.score_row >= 0
         for c in score_parts:
@@ -298,7 +304,7 @@ def _selection_table(rows, scores, pool: _Pool, sel: Selection) -> pa.Table:
         "rank": pa.array(rank, pa.int64(), mask=rank < 0),
         "reason": pa.array(reason, pa.string()),
         "duplicate_of": pa.array(duplicate_of, pa.string()),
-    }, schema=SELECTION_SCHEMA)
+    }, schema=selection_schema(list(score_parts)))
 
 
 def _write_selected(rows_path, selected_ids: np.ndarray, path: Path) -> None:

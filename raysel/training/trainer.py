@@ -15,24 +15,20 @@ import shutil
 from pathlib import Path
 
 from raysel.config import Config
-from raysel.runs import atomic_output, timed
+from raysel.runs import RunDir, atomic_output, timed
 from raysel.training.data import check_selected, worker_datasets
 from raysel.training.plan import assign_slots, batch_shape, steps_per_round, warmup_steps
 from raysel.training.worker import train_loop
 
 log = logging.getLogger(__name__)
 
-TRAIN_DIR = "train"  # Ray Train storage under the run directory
-FINAL = "final"  # name of each round's checkpoint folder in Ray Train storage
-
-
 def state_path(run_path: str | Path, round_idx: int) -> Path:
     """Where round `round_idx` leaves its Ray Train checkpoint (DeepSpeed state + export)."""
-    return Path(run_path).resolve() / TRAIN_DIR / f"round-{round_idx}" / FINAL
+    return RunDir(run_path).train_state(round_idx)
 
 
 def export_path(run_path: str | Path, round_idx: int) -> Path:
-    return Path(run_path) / f"round-{round_idx}" / "checkpoint"
+    return RunDir(run_path).checkpoint(round_idx)
 
 
 def train_round(cfg: Config, rows_path: str | Path, selected_ids: list[str], run_path: str | Path,
@@ -80,7 +76,7 @@ def _fit(tcfg, loop_config: dict, datasets: list, run_path: Path, round_idx: int
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker(tcfg, use_gpu)}),
-        run_config=RunConfig(name=f"round-{round_idx}", storage_path=str(run_path / TRAIN_DIR)),
+        run_config=RunConfig(name=f"round-{round_idx}", storage_path=str(RunDir(run_path).train_storage())),
         datasets={f"train_{w}": ds for w, ds in enumerate(datasets)},
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker reads its own, in slot order
     )

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from raysel.runs import TRAIN_STATE_DIR
 from raysel.training.plan import WarmupCosine, answer_loss, collate
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def _save_and_report(engine, tokenizer, config: dict, metrics: dict, rank: int) 
         if rank == 0:
             _export(engine.module, state_dict, tokenizer, Path(d) / "export", config)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                         checkpoint_dir_name="final")
+                         checkpoint_dir_name=TRAIN_STATE_DIR)
 
 
 def _full_state_dict(engine, zero_stage: int, trainable_only: bool) -> dict | None:

