@@ -70,7 +70,8 @@ def _rows_to_map(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | Non
     found = pc.is_in(wanted, value_set=valid)
     missing = len(wanted) - pc.sum(found).as_py() if len(wanted) else 0
     if missing:
-        log.warning("%d of the %d ids asked for are not valid rows of %s; skipped", missing, len(wanted), rows_path)
+        log.warning("%d of the %d ids asked for are not valid rows of %s; skipped", missing, len(wanted),
+                    rows_path)
     wanted = wanted.filter(found)
     return wanted, {**counts, "requested": len(ids), "not_valid_or_unknown": missing, "to_score": len(wanted)}
 

@@ -40,7 +40,8 @@ def _stage_setup(args):
     """Config, run directory (existing or new) and Ray for a single stage run by hand."""
     from raysel.stages import ingest_stage, open_run, start_ray
 
-    cfg = config_from_args(args, [f"pool.path={args.pool}"] if getattr(args, "pool", None) else [], in_run=True)
+    pool = [f"pool.path={args.pool}"] if getattr(args, "pool", None) else []
+    cfg = config_from_args(args, pool, in_run=True)
     if not hasattr(args, "pool") and not (cfg.run.dir and RunDir(cfg.run.dir).rows.exists()):
         raise UserError(f"--run-dir must name a run directory holding rows.parquet (got {cfg.run.dir!r}): run "
                         "`raysel ingest` or `raysel score` there first")
@@ -83,7 +84,8 @@ def cmd_train(args) -> int:
 
     cfg, run, counts = _stage_setup(args)
     if not run.selection(args.round).exists():
-        raise UserError(f"{run.selection(args.round)} does not exist: run `raysel select --run-dir {run.path}` first")
+        raise UserError(f"{run.selection(args.round)} does not exist: run `raysel select --run-dir {run.path}` "
+                        "first")
     _, selected = ranked_ids(run.selection(args.round))
     run.forget(f"train-{args.round}")
     steps = plan_budget(cfg, counts["valid"]).total_steps

@@ -228,7 +228,8 @@ def _build_section(section: str, cls: type, values: dict[str, Any]):
     kwargs = {}
     for name, value in values.items():
         if section == "selection" and name in typing.get_type_hints(IterITConfig):
-            raise ConfigError(f"selection.{name} is now iterit.{name} (IterIT's own fields have their own section)")
+            raise ConfigError(f"selection.{name} is now iterit.{name} (IterIT's own fields have their own "
+                              "section)")
         if name not in hints:
             raise ConfigError(f"unknown field {section}.{name}; fields: {', '.join(hints)}")
         kwargs[name] = _coerce(f"{section}.{name}", hints[name], value)
@@ -301,7 +302,8 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 def flat(cfg: Config) -> dict[str, Any]:
     """{"section.field": value} of every field."""
-    return {f"{section}.{name}": value for section, fields in cfg.to_dict().items() for name, value in fields.items()}
+    return {f"{section}.{name}": value
+            for section, fields in cfg.to_dict().items() for name, value in fields.items()}
 
 
 def result_changes(saved: Config, cfg: Config) -> dict[str, tuple[Any, Any]]:

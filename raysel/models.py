@@ -29,7 +29,6 @@ def resolve_model_path(path: str) -> str:
     if path == "tiny":
         from raysel.demo import cache_dir
         from raysel.demo.tiny import save_tiny_model
-        from raysel.runs import atomic_output
 
         folder = cache_dir() / "tiny-model"
         if not (folder / "config.json").exists():

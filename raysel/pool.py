@@ -143,10 +143,15 @@ def _columns(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def _open(path: str):
+def _filesystem(path: str):
+    """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, ...)."""
     import pyarrow.fs as pafs
 
-    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def _open(path: str):
+    fs, inner = _filesystem(path)
     return fs.open_input_stream(inner)
 
 
@@ -326,13 +331,12 @@ def ingest(fields: PoolConfig, out_path: str | Path) -> dict:
 
 def count_records(files: list[tuple[str, str]]) -> int | None:
     """Records in the input where that is cheap to know (JSONL lines, Parquet metadata), else None."""
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     total = 0
     for path, fmt in files:
         if fmt == "parquet":
-            fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+            fs, inner = _filesystem(path)
             total += pq.read_metadata(inner, filesystem=fs).num_rows  # the footer only
         elif fmt == "jsonl":
             with _open(path) as f:

@@ -43,7 +43,8 @@ def ingest_stage(run: RunDir, cfg: Config, force: bool = False) -> dict:
     def compute():
         counts = ingest(resolve_pool_path(cfg.pool), run.rows)
         run.update_manifest(counts=counts)
-        cut = f" (cut by pool.limit from {counts.get('records_present') or 'more'})" if "limit" in counts else ""
+        present = counts.get("records_present") or "more"
+        cut = f" (cut by pool.limit from {present})" if "limit" in counts else ""
         log.info("ingested %d records%s: %d valid, %d invalid %s", counts["records"], cut, counts["valid"],
                  counts["invalid"], counts["invalid_by_reason"])
         return counts
@@ -71,7 +72,8 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
 
     def compute():
         summary = select_round(run.rows, scores if scores.exists() else None, run.round_dir(r),
-                               cfg.selection.method, cfg.iterit, k=k, n_rank=n_rank, seed=cfg.run.seed + r, candidate_ids=candidate_ids,
+                               cfg.selection.method, cfg.iterit, k=k, n_rank=n_rank, seed=cfg.run.seed + r,
+                               candidate_ids=candidate_ids,
                                embeddings=_embeddings(run, cfg, [run.embeddings(r)]))
         return {"k": k, "n_rank": n_rank, **summary}
 

@@ -79,15 +79,14 @@ def prior_start_token(tokenizer) -> int:
                      "has neither (set scoring.prior_context=template)")
 
 
-def _tokenize_span(tokenizer, text: str, start_char: int, end_char: int, max_length: int,
-                   min_start: int = 0) -> Rendered:
+def _tokenize_span(tokenizer, text: str, start_char: int, end_char: int, max_length: int) -> Rendered:
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     # A token belongs to the answer if it overlaps [start_char, end_char).
     inside = [i for i, (s, e) in enumerate(offsets) if e > start_char and s < end_char and e > s]
     if not inside:
         return Rendered(ids[:max_length], 0, 0)
-    first = max(inside[0], min_start)
+    first = inside[0]
     last = inside[-1] + 1
     ids = ids[:max_length]
     first, last = min(first, len(ids)), min(last, len(ids))

@@ -3,9 +3,10 @@
     summary = score_pool(run / "rows.parquet", run / "round-0", "demo", cfg)
     ids, vectors = read_embeddings(run / "round-0")
 
-The rows reach the actors through the shared actor map (raysel.actor_map). Each actor loads the model once (a base model or a round's checkpoint: full weights or a LoRA
-adapter on its base) and scores a Ray batch of `scoring.batch_size` samples at a time with
-`BatchScorer`. Outputs, each written atomically:
+The rows reach the actors through the shared actor map (raysel.actor_map). Each actor loads
+the model once (a base model or a round's checkpoint: full weights or a LoRA adapter on its
+base) and scores a Ray batch of `scoring.batch_size` samples at a time with `BatchScorer`.
+Outputs, each written atomically:
 
     scores.parquet       id, status ("scored" | "invalid"), reason, l_cond, l_prior, ifd,
                          n_answer_tokens, truncated; one row per scored sample, sorted by id
@@ -168,8 +169,8 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     truncated = scores.column("truncated").to_pylist()
     return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
             "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers,
-            "threads_per_actor": plan.threads, "device": plan.device, "dtype": ",".join(sorted(dtypes)) or None,
-            "prior_context": "; ".join(sorted(priors)) or None}
+            "threads_per_actor": plan.threads, "device": plan.device,
+            "dtype": ",".join(sorted(dtypes)) or None, "prior_context": "; ".join(sorted(priors)) or None}
 
 
 def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int, set[str], set[str]]:
@@ -177,7 +178,8 @@ def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, 
     many actors did work, the dtypes they scored in and the priors they used."""
     import pyarrow.compute as pc
 
-    score_parts, embedding_parts, workers, dtypes, priors = [SCORES_SCHEMA.empty_table()], [], set(), set(), set()
+    score_parts, embedding_parts = [SCORES_SCHEMA.empty_table()], []
+    workers, dtypes, priors = set(), set(), set()
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []:
         score_parts.append(batch.select(SCORES_SCHEMA.names))
         workers.update(pc.unique(batch["scored_by"]).to_pylist())

@@ -44,7 +44,7 @@ SELECTORS: dict[str, Selector] = {
     "iterit": Selector(select_iterit, needs_ifd=True, needs_features=True),
     "embedding": Selector(select_embedding, needs_ifd=True, needs_embeddings=True),
     "random": Selector(select_random),
-    "ifd": Selector(select_ifd, needs_ifd=True),  # on scores re-computed each round: IterIT's IFD-only ablation
+    "ifd": Selector(select_ifd, needs_ifd=True),  # on each round's scores: IterIT's IFD-only ablation
     "ifd_static": Selector(select_ifd, needs_ifd=True),  # on the base model's scores, every round
     "full": Selector(select_full),
     "kcenter": Selector(select_kcenter, needs_embeddings=True),

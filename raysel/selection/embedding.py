@@ -1,4 +1,5 @@
-"""Embedding diversity (docs/methods.md, The embedding variant): weighted k-center greedy, with FAISS and de-duplication.
+"""Embedding diversity (docs/methods.md, The embedding variant): weighted k-center greedy, with
+FAISS and de-duplication.
 
     repeat n_rank times:  pick i* = argmax over unpicked eligible i of  weight(i) * D(i | S)
                           D(i | S) = 1 - max(floor, max cosine of i to S)

@@ -1,4 +1,5 @@
-"""IterIT greedy selection (docs/methods.md: Diversity, The greedy): complexity x n-gram diversity with coverage decay.
+"""IterIT greedy selection (docs/methods.md: Diversity, The greedy): complexity x n-gram
+diversity with coverage decay.
 
     repeat n_rank times:  pick i* = argmax over unpicked eligible i of  IFD(i) * D(i | S)
                           D(i | S) = sum_t gamma ** c_t(S) * w[i, t]      (c_t: picked rows holding t)

@@ -156,7 +156,8 @@ def _read_score_file(scores_path, needed: tuple[str, ...]) -> dict[str, np.ndarr
         raise UserError(f"{scores_path}: scores lack the column(s) {sorted(missing)}")
     floats = [f.name for f in dataset.schema if pa.types.is_floating(f.type) and f.name not in KEY_COLUMNS]
     table = dataset.to_table(columns=[c for c in KEY_COLUMNS if c in dataset.schema.names] + floats)
-    out = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in KEY_COLUMNS if c in table.column_names}
+    out = {c: np.asarray(table.column(c).to_pylist(), dtype=object)
+           for c in KEY_COLUMNS if c in table.column_names}
     out.setdefault("reason", np.full(table.num_rows, None, dtype=object))
     for c in floats:
         out[c] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)

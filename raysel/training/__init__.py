@@ -5,6 +5,6 @@ The driver side is `trainer.train_round`; `worker` is what each Ray Train worker
 """
 
 from raysel.training.plan import steps_per_round, total_steps
-from raysel.training.trainer import export_path, resolve_use_gpu, state_path, train_round
+from raysel.training.trainer import resolve_use_gpu, train_round
 
-__all__ = ["export_path", "resolve_use_gpu", "state_path", "steps_per_round", "total_steps", "train_round"]
+__all__ = ["resolve_use_gpu", "steps_per_round", "total_steps", "train_round"]

@@ -22,15 +22,6 @@ from raysel.training.worker import train_loop
 
 log = logging.getLogger(__name__)
 
-def state_path(run_path: str | Path, round_idx: int) -> Path:
-    """Where round `round_idx` leaves its Ray Train checkpoint (DeepSpeed state + export)."""
-    return RunDir(run_path).train_state(round_idx)
-
-
-def export_path(run_path: str | Path, round_idx: int) -> Path:
-    return RunDir(run_path).checkpoint(round_idx)
-
-
 def train_round(cfg: Config, rows_path: str | Path, selected_ids: list[str], run_path: str | Path,
                 round_idx: int, base_model: str, total_steps: int) -> dict:
     """Train one round on the selected valid rows; returns its metrics.
@@ -42,8 +33,8 @@ def train_round(cfg: Config, rows_path: str | Path, selected_ids: list[str], run
 
     if not selected_ids:
         raise ValueError(f"round {round_idx}: no rows selected to train on")
-    run_path = Path(run_path).resolve()
-    resume_from = _previous_state(run_path, round_idx)
+    run = RunDir(Path(run_path).resolve())
+    resume_from = _previous_state(run, round_idx)
     base_model = resolve_model_path(base_model)
     rows_path = _absolute(rows_path)
     check_selected(rows_path, selected_ids)
@@ -53,10 +44,10 @@ def train_round(cfg: Config, rows_path: str | Path, selected_ids: list[str], run
         datasets = worker_datasets(rows_path, slots, cfg.training.num_workers, base_model,
                                    cfg.model.max_length, cfg.model.trust_remote_code)
         loop_config = _loop_config(cfg, base_model, round_idx, total_steps, resume_from)
-        result = _fit(cfg.training, loop_config, datasets, run_path, round_idx)
-        _copy_export(result.checkpoint, export_path(run_path, round_idx))
+        result = _fit(cfg.training, loop_config, datasets, run, round_idx)
+        _copy_export(result.checkpoint, run.checkpoint(round_idx))
     metrics = {**result.metrics, "rows": len(slots), "seconds": seconds(),
-               "checkpoint": str(export_path(run_path, round_idx))}
+               "checkpoint": str(run.checkpoint(round_idx))}
     _check_steps(metrics, steps_per_round(len(slots), cfg.training), total_steps)
     log.info("round %d trained: %d steps (global %d/%d), mean loss %.4f, last %.4f, lr %.3g, %.1fs", round_idx,
              metrics["steps"], metrics["global_step"], total_steps, metrics["mean_loss"], metrics["final_loss"],
@@ -64,19 +55,19 @@ def train_round(cfg: Config, rows_path: str | Path, selected_ids: list[str], run
     return metrics
 
 
-def _fit(tcfg, loop_config: dict, datasets: list, run_path: Path, round_idx: int):
+def _fit(tcfg, loop_config: dict, datasets: list, run: RunDir, round_idx: int):
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # A re-run of a round starts it afresh: Ray Train would otherwise resume this round's own run.
-    shutil.rmtree(state_path(run_path, round_idx).parent, ignore_errors=True)
+    shutil.rmtree(run.train_state(round_idx).parent, ignore_errors=True)
     use_gpu = loop_config["use_gpu"]
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker(tcfg, use_gpu)}),
-        run_config=RunConfig(name=f"round-{round_idx}", storage_path=str(RunDir(run_path).train_storage())),
+        run_config=RunConfig(name=f"round-{round_idx}", storage_path=str(run.train_storage())),
         datasets={f"train_{w}": ds for w, ds in enumerate(datasets)},
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker reads its own, in slot order
     )
@@ -116,10 +107,10 @@ def cpus_per_worker(training_cfg, use_gpu: bool) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // training_cfg.num_workers)
 
 
-def _previous_state(run_path: Path, round_idx: int) -> str | None:
+def _previous_state(run: RunDir, round_idx: int) -> str | None:
     if round_idx == 0:
         return None
-    previous = state_path(run_path, round_idx - 1)
+    previous = run.train_state(round_idx - 1)
     if not (previous / "deepspeed").is_dir():
         raise FileNotFoundError(f"round {round_idx} continues from round {round_idx - 1}'s training state, "
                                 f"which is not in {previous}: train round {round_idx - 1} first")
