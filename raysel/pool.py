@@ -32,7 +32,7 @@ TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
 ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
     ("source", pa.string()), ("source_row", pa.int64()),
-    ("prompt", pa.list_(TURN)), ("response", pa.string()), ("raw", pa.string()),
+    ("prompt", pa.list_(TURN)), ("input", pa.string()), ("response", pa.string()), ("raw", pa.string()),
 ])
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".arrow": "hf"}
 READ_CHUNK = 4096  # records per batch a reading task yields
@@ -45,19 +45,23 @@ class PoolError(UserError):
 # --- one record -> one row (pure) --------------------------------------------------------
 
 def normalise(record, fields: PoolConfig) -> dict:
-    """Map an Alpaca or chat record to {id?, prompt, response}, or {reason} when it is bad."""
+    """Map an Alpaca or chat record to {id?, prompt, input, response}, or {reason} when it is bad.
+
+    `prompt` is the conversation a model sees: an Alpaca `input` is joined to the instruction
+    in its user turn (IterIT scores and trains on that). `input` keeps it apart too, for methods
+    that render the fields themselves (DaaR's "Instruction/Input/Output", `instruction_and_input`)."""
     if not isinstance(record, dict):
         return {"reason": "record is not a JSON object"}
     messages = record.get(fields.messages_field)
     turns = _chat_turns(messages) if messages is not None else _alpaca_turns(record, fields)
     if isinstance(turns, str):
         return {"reason": turns}
-    prompt, response = turns
+    prompt, extra, response = turns
     if not any(t["role"] == "user" and t["content"].strip() for t in prompt):
         return {"reason": "empty instruction"}
     if not response.strip():
         return {"reason": "empty response"}
-    out = {"prompt": prompt, "response": response}
+    out = {"prompt": prompt, "input": extra, "response": response}
     rid = record.get(fields.id_field)
     if rid is not None:
         if isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid) == "":
@@ -76,9 +80,9 @@ def _alpaca_turns(record: dict, f: PoolConfig):
     if extra is not None and not isinstance(extra, str):
         return f"field '{f.input_field}' is not a string"
     question = record[f.instruction_field]
-    if extra and extra.strip() and question.strip():
-        question = f"{question}\n{extra}"
-    return [{"role": "user", "content": question}], record[f.output_field]
+    if not (extra and extra.strip() and question.strip()):
+        return [{"role": "user", "content": question}], None, record[f.output_field]
+    return [{"role": "user", "content": f"{question}\n{extra}"}], extra, record[f.output_field]
 
 
 def _chat_turns(messages):
@@ -90,7 +94,16 @@ def _chat_turns(messages):
     if messages[-1]["role"] != "assistant":
         return "last message is not from the assistant"
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return turns[:-1], turns[-1]["content"]
+    return turns[:-1], None, turns[-1]["content"]
+
+
+def instruction_and_input(prompt: list[dict], extra: str | None) -> tuple[str, str]:
+    """(instruction, input) of a normalised row: the inverse of the join in `_alpaca_turns`. A chat
+    prompt's instruction is its non-system turns, one per line."""
+    text = "\n".join(t["content"] for t in prompt if t["role"] != "system")
+    if extra and text.endswith("\n" + extra):
+        return text[: -len(extra) - 1], extra
+    return text, ""
 
 
 def content_id(prompt: list[dict], response: str) -> str:
@@ -106,9 +119,11 @@ def to_row(source: str, position: int, raw: str, record=None, error: str | None 
         rid = record.get(fields.id_field) if isinstance(record, dict) and fields else None
         rid = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid) else None
         return {"id": rid or _position_id(source, position), "status": "invalid", "reason": norm["reason"],
-                "source": source, "source_row": position, "prompt": None, "response": None, "raw": raw}
+                "source": source, "source_row": position, "prompt": None, "input": None, "response": None,
+                "raw": raw}
     return {"id": norm.get("id") or content_id(norm["prompt"], norm["response"]), "status": "valid",
             "reason": None, "source": source, "source_row": position, "prompt": norm["prompt"],
+            "input": norm["input"],
             "response": norm["response"], "raw": raw}
 
 
@@ -390,7 +405,7 @@ def _apply_renames(table: pa.Table, renames) -> pa.Table:
         if hit:
             row["id"] = hit[0]
             if row["status"] == "valid":
-                row.update(status="invalid", reason=hit[1], prompt=None, response=None)
+                row.update(status="invalid", reason=hit[1], prompt=None, input=None, response=None)
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 

@@ -30,6 +30,10 @@ EMBEDDINGS_FILE = "embeddings.parquet"
 SELECTION_FILE = "selection.parquet"
 SELECTED_FILE = "selected.jsonl"
 RESCORE_POOL_FILE = "rescore_pool.txt"  # rolling: the ids the next round re-scores, best first
+SEEDS_FILE = "seeds.jsonl"  # DaaR: the domain seeds the run used (from a file, or synthesised)
+PROBE_FILE = "probe.parquet"  # DaaR: the probe set's and the seeds' features
+PROBE_LABELS_FILE = "probe_labels.parquet"  # DaaR: the probe rows' k-means pseudo-domains
+HEADS_FILE = "heads.safetensors"  # DaaR: the domain and reward heads
 CHECKPOINT_DIR = "checkpoint"  # the tuned model, Hugging Face format
 TRAIN_DIR = "train"  # Ray Train storage: train/round-R/final holds the DeepSpeed state
 TRAIN_STATE_DIR = "final"  # the name each round's Ray Train checkpoint is reported under
@@ -101,6 +105,19 @@ class RunDir:
 
     def rescore_pool(self, r: int) -> Path:
         return self.path / f"round-{r}" / RESCORE_POOL_FILE
+
+    @property
+    def seeds(self) -> Path:
+        return self.path / SEEDS_FILE
+
+    def probe(self, r: int) -> Path:
+        return self.path / f"round-{r}" / PROBE_FILE
+
+    def probe_labels(self, r: int) -> Path:
+        return self.path / f"round-{r}" / PROBE_LABELS_FILE
+
+    def heads(self, r: int) -> Path:
+        return self.path / f"round-{r}" / HEADS_FILE
 
     def checkpoint(self, r: int) -> Path:
         return self.path / f"round-{r}" / CHECKPOINT_DIR
@@ -187,6 +204,14 @@ def atomic_output(final: str | Path):
         raise
     _remove(final)
     os.replace(tmp, final)
+
+
+def write_parquet(table, path: str | Path) -> None:
+    """A pyarrow table to `path`, atomically."""
+    import pyarrow.parquet as pq
+
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 @contextlib.contextmanager

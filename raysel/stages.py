@@ -66,6 +66,7 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
                  candidate_ids: list[str] | None = None, scores_round: int | None = None) -> dict:
     """round-R/selection.parquet and selected.jsonl, on round `scores_round`'s scores (default r).
     Returns the stage's stats with the ranked and the selected ids."""
+    from raysel.selection.daar import daar_options
     from raysel.selection.stage import ranked_ids, select_round
 
     scores = run.scores(r if scores_round is None else scores_round)
@@ -74,7 +75,8 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
         summary = select_round(run.rows, scores if scores.exists() else None, run.round_dir(r),
                                cfg.selection.method, cfg.iterit, k=k, n_rank=n_rank, seed=cfg.run.seed + r,
                                candidate_ids=candidate_ids,
-                               embeddings=_embeddings(run, cfg, [run.embeddings(r)]))
+                               embeddings=_embeddings(run, cfg, [run.embeddings(r)]),
+                               options=daar_options(cfg.daar) if cfg.selection.method == "daar" else None)
         return {"k": k, "n_rank": n_rank, **summary}
 
     stats = run.stage(f"select-{r}", compute)
@@ -107,6 +109,17 @@ def train_stage(run: RunDir, cfg: Config, r: int, selected_ids: list[str], base_
     stats = run.stage(f"train-{r}", lambda: train_round(cfg, run.rows, selected_ids, run.path, r, base_model,
                                                           total_steps))
     return {**stats, "checkpoint": str(run.checkpoint(r))}
+
+
+def eval_stage(run: RunDir, cfg: Config, model: str) -> dict:
+    """eval.parquet and eval.json: `model` on the held-out sets of cfg.eval.heldout."""
+    from raysel.evaluate import evaluate
+
+    stats = run.stage("eval", lambda: evaluate(model, cfg, run.path))
+    by_domain = ", ".join(f"{d} {v['loss']:.4f}" + (f" (accuracy {v['accuracy']:.1%})" if v["accuracy"] is not None
+                                                    else "") for d, v in stats["by_domain"].items() if v["loss"])
+    print(f"held-out loss by domain: {by_domain}", flush=True)
+    return stats
 
 
 def _embeddings(run: RunDir, cfg: Config, paths: list):

@@ -15,11 +15,11 @@ def run(*args, cwd=ROOT):
 def test_help_explains_every_option():
     out = run("-m", "raysel.cli", "--help")
     assert out.returncode == 0
-    for command in ("ingest", "score", "select", "train", "fetch-demo-model", "demo-pool"):
+    for command in ("ingest", "score", "select", "train", "eval", "fetch-demo-model", "demo-pool"):
         assert command in out.stdout
     job = run("jobs/iterit.py", "--help")
     assert job.returncode == 0
-    for option in ("--config", "--set", "--run-dir", "--resume", "selection (method, k"):
+    for option in ("--config", "--set", "--run-dir", "--resume", "selection  method, k", "daar       seed_source"):
         assert option in job.stdout
     ingest = run("-m", "raysel.cli", "ingest", "--help")
     assert "--pool" in ingest.stdout and "save_to_disk" in ingest.stdout

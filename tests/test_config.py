@@ -10,14 +10,20 @@ def test_shipped_configs_load():
     for path in CONFIG_DIR.glob("*.yaml"):
         load_config(path)
     cfg = load_config(None, ["selection.k=1000", "training.lora_target_modules=[q_proj, v_proj]",
-                             "iterit.dedup_threshold=0.95", "pool.limit=10"])
+                             "iterit.dedup_threshold=0.95", "pool.limit=10", "daar.domains=[a: x, 'b: y']",
+                             "daar.domain_shares=[1, 2]"])
+    assert cfg.daar.domains == ["a: x", "b: y"] and cfg.daar.domain_shares == [1.0, 2.0]
     assert cfg.selection.k == 1000.0 and cfg.iterit.dedup_threshold == 0.95
     assert cfg.training.lora_target_modules == ["q_proj", "v_proj"] and cfg.pool.limit == 10
     assert cfg.model.path == "demo"  # the embedded default
 
 
 @pytest.mark.parametrize("override, message", [
-    ("selection.method=magic", "selection.method: 'magic' is not allowed; choose one of iterit, ifd, ifd_static"),
+    ("selection.method=magic", "selection.method: 'magic' is not allowed; choose one of iterit, daar, ifd"),
+    ("daar.probe_layers=0", "daar.probe_layers: must be positive"),
+    ("daar.centroid_space=output", "daar.centroid_space: 'output' is not allowed; choose one of input, probe"),
+    ("daar.domain_shares=[1, -1]", "daar.domain_shares: non-negative"),
+    ("daar.synth_max_similarity=1.5", "daar.synth_max_similarity: in (0, 1]"),
     ("selection.k=-3", "selection.k: must be positive"),
     ("selection.k=10.5", "selection.k: a count must be whole"),
     ("iterit.diversity_decay=2", "iterit.diversity_decay: must be in [0, 1]"),

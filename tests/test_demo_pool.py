@@ -218,6 +218,7 @@ def test_heldout_is_clean_and_disjoint_from_the_pool(written):
         assert all(r["output"].strip() for r in held)
         assert not {(r["instruction"], r["input"]) for r in held} & pool_prompts
         assert len({(r["instruction"], r["input"]) for r in held}) == N_HELDOUT
+        assert [r["id"] for r in held] == [f"heldout-{domain}-{i:03d}" for i in range(N_HELDOUT)]
     # fact-table questions in the held-out set ask about things the pool never asks about
     held_capitals = {m.group(1) for r in heldout["factual"] for m in [re.match(r"What is the capital of (.+)\?", r["instruction"])] if m}
     assert held_capitals and not any(f"capital of {c}?" in r["instruction"] for r in rows for c in held_capitals)

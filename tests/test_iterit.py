@@ -25,8 +25,8 @@ def job_env():
     return env
 
 
-def run_job(run_dir, *extra, timeout=900):
-    out = subprocess.run([*JOB, "--run-dir", str(run_dir), *extra], cwd=ROOT, env=job_env(),
+def run_job(run_dir, *extra, timeout=900, job=JOB):
+    out = subprocess.run([*job, "--run-dir", str(run_dir), *extra], cwd=ROOT, env=job_env(),
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
@@ -178,10 +178,14 @@ def test_ray_job_submit_to_a_running_cluster(tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
     # `ray start` turns token authentication on; give the cluster and the client the same token.
     env = {**job_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    gcs, dash = _free_port(), _free_port()
+    # Every port the head opens is a free one: a Ray cluster already running on this machine (the
+    # suite's shared session) holds the defaults, and its dashboard agent would keep ours from starting.
+    gcs, dash, agent, agent_grpc, metrics, runtime_env = (_free_port() for _ in range(6))
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
                              f"--temp-dir={temp}"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "run"

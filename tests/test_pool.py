@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysel.config import PoolConfig
-from raysel.pool import PoolError, ingest, list_input_files, normalise, read_rows
+from raysel.pool import PoolError, ingest, instruction_and_input, list_input_files, normalise, read_rows
 
 GOOD = {"instruction": "Add 2 and 3.", "input": "", "output": "2 + 3 = 5."}
 
@@ -45,12 +45,16 @@ def write_lines(path, lines):
 def test_normalise_alpaca_and_chat():
     fields = PoolConfig()
     out = normalise({"instruction": "Q", "input": "ctx", "output": "A"}, fields)
-    assert out == {"prompt": [{"role": "user", "content": "Q\nctx"}], "response": "A"}
+    assert out == {"prompt": [{"role": "user", "content": "Q\nctx"}], "input": "ctx", "response": "A"}
+    assert instruction_and_input(out["prompt"], out["input"]) == ("Q", "ctx")
+    plain = normalise({"instruction": "Q\nctx", "input": "  ", "output": "A"}, fields)
+    assert plain["input"] is None and instruction_and_input(plain["prompt"], plain["input"]) == ("Q\nctx", "")
     chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
             {"role": "assistant", "content": "A2"}]
     out = normalise({"messages": chat, "id": 7}, fields)
-    assert out["prompt"] == chat[:-1] and out["response"] == "A2" and out["id"] == "7"
+    assert out["prompt"] == chat[:-1] and out["response"] == "A2" and out["id"] == "7" and out["input"] is None
+    assert instruction_and_input(out["prompt"], None) == ("U1\nA1\nU2", "")
 
 
 def test_ingest_every_bad_kind_reconciles(ray_session, tmp_path):
@@ -58,7 +62,8 @@ def test_ingest_every_bad_kind_reconciles(ray_session, tmp_path):
     counts = ingest(PoolConfig(path=str(path)), tmp_path / "rows.parquet")
     rows = read_rows(tmp_path / "rows.parquet")
     assert rows.num_rows == len(LINES) == counts["records"]
-    assert rows.schema.names == ["id", "status", "reason", "source", "source_row", "prompt", "response", "raw"]
+    assert rows.schema.names == ["id", "status", "reason", "source", "source_row", "prompt", "input", "response",
+                                 "raw"]
     assert len(set(rows["id"].to_pylist())) == rows.num_rows, "ids must be unique"
     by_position = sorted(rows.to_pylist(), key=lambda r: r["source_row"])
     for (_, expected), row in zip(LINES, by_position, strict=True):

@@ -252,8 +252,10 @@ def test_every_selector_ranks_distinct_samples(name):
 
     n = 80
     texts = synthetic.responses(n, seed=1)
+    daar_scores = {"reward": synthetic.ifd_scores(n, seed=4), "pseudo_domain": np.array(list("abcd") * 20)}
     sel = select(name, synthetic.ifd_scores(n, seed=2), 10, 30, ids=[f"i{j:02d}" for j in range(n)],
-                 features=features.exact_tfidf(texts), embeddings=synthetic.embeddings(n, dim=8, seed=3))
+                 features=features.exact_tfidf(texts), embeddings=synthetic.embeddings(n, dim=8, seed=3),
+                 scores=daar_scores)
     assert len(set(sel.order.tolist())) == len(sel.order)
     assert sel.k == (n if name == "full" else 10)
     assert len(sel.order) == len(sel.score) == len(sel.diversity)
@@ -261,7 +263,7 @@ def test_every_selector_ranks_distinct_samples(name):
 
 
 def test_unknown_selector_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="iterit, embedding, random, ifd, ifd_static, full, kcenter"):
+    with pytest.raises(ValueError, match="iterit, embedding, daar, random, ifd, ifd_static, full, kcenter"):
         select("greedy", None, 1, ids=["a"])
 
 

@@ -45,7 +45,7 @@ from raysel.runs import atomic_output
 
 log = logging.getLogger(__name__)
 
-POOL_VERSION = 1  # bump when the generator changes, so that cached pools are written again
+POOL_VERSION = 2  # bump when the generator changes, so that cached pools are written again
 DEFAULT_N, DEFAULT_SEED = 3000, 0  # the pool behind `pool.path: demo`
 DOMAIN_SHARES = {"arithmetic": 0.40, "code": 0.25, "factual": 0.20, "reasoning": 0.15}
 DEFECT_RATES = {"duplicate": 0.03, "near_duplicate": 0.03, "unrelated": 0.03, "truncated": 0.03, "empty": 0.02}
@@ -138,7 +138,7 @@ def build_heldout(n_heldout: int, seed: int, taken: set[tuple[str, str]]) -> dic
     for domain in DOMAIN_SHARES:
         examples = _clean_examples(domain, n_heldout, rng, "heldout", taken)
         rng.shuffle(examples)
-        heldout[domain] = [{"id": f"heldout-{domain}-{i:03d}", **_row(ex, domain)} for i, ex in enumerate(examples)]
+        heldout[domain] = [{**_row(ex, domain), "id": f"heldout-{domain}-{i:03d}"} for i, ex in enumerate(examples)]
     return heldout
 
 

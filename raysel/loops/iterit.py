@@ -31,6 +31,7 @@ def run_iterit(cfg: Config, resume: bool = False) -> RunDir:
     from raysel.models import resolve_model_path
     from raysel.selection import selector_name
     from raysel.stages import (
+        eval_stage,
         ingest_stage,
         open_run,
         rescore_pool_stage,
@@ -63,6 +64,8 @@ def run_iterit(cfg: Config, resume: bool = False) -> RunDir:
         trained = train_stage(run, cfg, r, picked["selected_ids"], base_model, budget.total_steps)
         model = trained["checkpoint"]
         print_round_summary(r, scores, picked, trained)
+    if cfg.eval.heldout:
+        eval_stage(run, cfg, model)
     run.update_manifest(finished=True)
     log.info("done: %s", run.path)
     return run

@@ -22,10 +22,13 @@ class Budget:
 
 
 def plan_budget(cfg: Config, n_valid: int) -> Budget:
-    """`full` trains once on every valid row; the others select k of them per round."""
+    """`full` trains once on every valid row; the others select k of them per round. DaaR ranks
+    every row (its reward is one cheap pass); the IterIT family ranks the re-score pool."""
     sel = cfg.selection
     if sel.method == "full":
         k, rounds, n_rank = n_valid, 1, n_valid
+    elif sel.method == "daar":
+        k, rounds, n_rank = resolve_k(sel.k, n_valid), sel.rounds, n_valid
     else:
         k, rounds = resolve_k(sel.k, n_valid), sel.rounds
         n_rank = min(n_valid, round(cfg.iterit.rescore_factor * k))

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from raysel.actor_map import map_valid_rows, plan_actors
 from raysel.config import Config
-from raysel.runs import EMBEDDINGS_FILE, SCORES_FILE, atomic_output
+from raysel.runs import EMBEDDINGS_FILE, SCORES_FILE, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings)
     out_dir.mkdir(parents=True, exist_ok=True)
     if embeddings is not None:
-        _write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
-    _write_parquet(scores, out_dir / SCORES_FILE)  # last: the stage's main output
+        write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
+    write_parquet(scores, out_dir / SCORES_FILE)  # last: the stage's main output
     status = scores.column("status").to_pylist()
     truncated = scores.column("truncated").to_pylist()
     return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
@@ -194,13 +194,6 @@ def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, 
         embeddings = pa.table({"id": pa.array([], pa.string()),
                                "embedding": pa.array([], pa.list_(pa.float16(), 1))})
     return scores, embeddings, len(workers), dtypes, priors
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    with atomic_output(path) as tmp:
-        pq.write_table(table, tmp)
 
 
 # --- reading the outputs ------------------------------------------------------------------------

@@ -6,7 +6,7 @@
     sel.order, sel.score    # the ranking continued to n_rank (the re-score pool), with score parts
 
 Selectors: iterit (IFD x n-gram diversity, lazy greedy), embedding (IFD x embedding diversity, FAISS,
-de-duplication), random, ifd and ifd_static (top-k IFD), full, kcenter. The stage that reads scores and writes
+de-duplication), daar (predicted reward, overall or per pseudo-domain), random, ifd and ifd_static (top-k IFD), full, kcenter. The stage that reads scores and writes
 round-R/selection.parquet is raysel.selection.stage.select_round.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from raysel.selection.base import Request, Selection
 from raysel.selection.baselines import select_full, select_ifd, select_random
+from raysel.selection.daar import select_daar
 from raysel.selection.embedding import select_embedding, select_kcenter
 from raysel.selection.greedy import select_iterit
 
@@ -31,21 +32,23 @@ class Selector:
     """A selector and what it needs, declared once: the stage reads (and the loops compute) only that."""
 
     rank: Callable[[Request], Selection]
-    needs_ifd: bool = False  # IFD scores from the scoring stage
+    scores: tuple[str, ...] = ()  # the score columns it ranks on (IterIT's scoring stage, DaaR's reward stage)
     needs_features: bool = False  # response TF-IDF rows
-    needs_embeddings: bool = False  # pooled hidden states, also from the scoring stage
+    needs_embeddings: bool = False  # pooled hidden states, from IterIT's scoring stage
 
     @property
     def needs_scoring(self) -> bool:
-        return self.needs_ifd or self.needs_embeddings
+        """Whether the IFD scoring stage must run first."""
+        return "ifd" in self.scores or self.needs_embeddings
 
 
 SELECTORS: dict[str, Selector] = {
-    "iterit": Selector(select_iterit, needs_ifd=True, needs_features=True),
-    "embedding": Selector(select_embedding, needs_ifd=True, needs_embeddings=True),
+    "iterit": Selector(select_iterit, scores=("ifd",), needs_features=True),
+    "embedding": Selector(select_embedding, scores=("ifd",), needs_embeddings=True),
+    "daar": Selector(select_daar, scores=("reward", "pseudo_domain")),
     "random": Selector(select_random),
-    "ifd": Selector(select_ifd, needs_ifd=True),  # on each round's scores: IterIT's IFD-only ablation
-    "ifd_static": Selector(select_ifd, needs_ifd=True),  # on the base model's scores, every round
+    "ifd": Selector(select_ifd, scores=("ifd",)),  # on each round's scores: IterIT's IFD-only ablation
+    "ifd_static": Selector(select_ifd, scores=("ifd",)),  # on the base model's scores, every round
     "full": Selector(select_full),
     "kcenter": Selector(select_kcenter, needs_embeddings=True),
 }
@@ -67,9 +70,10 @@ def selector_name(method: str, diversity: str = "tfidf") -> str:
 
 def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=None, embeddings=None,
            scores: dict | None = None, gamma: float = 0.1, ifd_max: float = 1.0,
-           dedup_threshold: float | None = None, seed: int = 0) -> Selection:
+           dedup_threshold: float | None = None, seed: int = 0, options: dict | None = None) -> Selection:
     """Rank samples with the selector `name`; the first k of the ranking (up to n_rank >= k) are selected.
-    `scores`: every named score array (aligned with ids) for selectors that rank on more than IFD."""
+    `scores`: every named score array (aligned with ids) for selectors that rank on more than IFD;
+    `options`: a selector's own settings (daar: mode, shares, domains)."""
     selector = get_selector(name).rank
     ids = np.asarray(ids, dtype=object)
     ifd = np.full(len(ids), np.nan) if ifd is None else np.asarray(ifd, dtype=np.float64)
@@ -80,7 +84,7 @@ def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=N
     n_rank = max(int(k), int(n_rank if n_rank is not None else k))
     req = Request(ifd=ifd, k=int(k), n_rank=n_rank, ids=ids, features=features, embeddings=embeddings,
                   gamma=gamma, ifd_max=ifd_max, dedup_threshold=dedup_threshold, seed=seed,
-                  scores=dict(scores or {}))
+                  scores=dict(scores or {}), options=dict(options or {}))
     started = time.perf_counter()
     selection = selector(req)
     selection.stats["seconds"] = round(time.perf_counter() - started, 3)

@@ -31,6 +31,7 @@ class Request:
     dedup_threshold: float | None = None
     seed: int = 0
     scores: dict = field(default_factory=dict)  # every named score array (ifd, losses, ...), aligned
+    options: dict = field(default_factory=dict)  # a selector's own settings
 
     @property
     def n(self) -> int:

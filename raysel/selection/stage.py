@@ -11,13 +11,14 @@ features are computed by Ray Data when a Ray session is up). selection.parquet h
 of rows.parquet, nothing dropped:
 
     id
-    <score columns>            every float column of the scores (IFD: ifd, l_cond, l_prior; null
-                               where the row was not scored); none for methods without scores
+    <score columns>            every float and string column of the scores (IFD: ifd, l_cond,
+                               l_prior; DaaR: reward, entropy, pseudo_domain; null where the row
+                               was not scored); none for methods without scores
     diversity, score           diversity gain at pick time and the ranking score (ranked rows only)
     selected, rank             rank: 0 = best, over the ranked rows (the first k are selected)
     reason                     null when selected; else "invalid: <ingestion reason>",
                                "not in re-score pool", "unscored: <scoring reason>", "ifd>=max",
-                               "ifd invalid", "duplicate", "not selected"
+                               "ifd invalid", "reward invalid", "duplicate", "not selected"
     duplicate_of               the id of the ranked sample a duplicate repeats
 
 selected.jsonl holds the selected rows' original records (`raw`), best first.
@@ -47,25 +48,28 @@ COMMON_COLUMNS = [  # after `id` and the method's own score columns
     ("diversity", pa.float64()), ("score", pa.float64()), ("selected", pa.bool_()), ("rank", pa.int64()),
     ("reason", pa.string()), ("duplicate_of", pa.string()),
 ]
-KEY_COLUMNS = ("id", "status", "reason")  # of a scores file; its float columns are the scores
+KEY_COLUMNS = ("id", "status", "reason")  # of a scores file; its float and string columns are the scores
 
 
-def selection_schema(score_columns: list[str]) -> pa.Schema:
-    return pa.schema([("id", pa.string()), *((c, pa.float64()) for c in score_columns), *COMMON_COLUMNS])
+def selection_schema(score_types: dict[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([("id", pa.string()), *score_types.items(), *COMMON_COLUMNS])
 
 
 def select_round(rows_path, scores_path, out_dir, method: str, params: IterITConfig, k: int, n_rank: int,
-                 seed: int, candidate_ids=None, embeddings=None, use_ray: bool | None = None) -> dict:
+                 seed: int, candidate_ids=None, embeddings=None, use_ray: bool | None = None,
+                 options: dict | None = None) -> dict:
     """Select k rows (ranking n_rank) and write selection.parquet and selected.jsonl into out_dir.
 
     scores_path: a parquet file or a folder of them (None only for random and full), or a list
     of them, newest first: each row's newest score counts. candidate_ids: the re-score pool
     (None: every valid row). embeddings: (ids, matrix) for the embedding diversity and kcenter.
-    use_ray: featurise with Ray Data (default: if a session is up).
+    use_ray: featurise with Ray Data (default: if a session is up). options: the selector's own
+    settings (daar: mode, shares).
     Returns a summary: counts per reason, mean IFD of the selection and of the pool, timings.
     """
     started = time.perf_counter()
-    r = _rank(rows_path, scores_path, method, params, k, n_rank, seed, candidate_ids, embeddings, use_ray)
+    r = _rank(rows_path, scores_path, method, params, k, n_rank, seed, candidate_ids, embeddings, use_ray,
+              options)
     table = _selection_table(r.rows, r.scores, r.pool, r.sel)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +83,7 @@ def rank_pool(rows_path, scores_path, method: str, params: IterITConfig, n_rank:
               embeddings=None, use_ray: bool | None = None) -> list[str]:
     """The n_rank best valid rows, best first, ranked as select_round ranks them; writes nothing.
     The rolling re-score pool: ranked over every row's newest score (scores_path a list)."""
-    r = _rank(rows_path, scores_path, method, params, n_rank, n_rank, seed, None, embeddings, use_ray)
+    r = _rank(rows_path, scores_path, method, params, n_rank, n_rank, seed, None, embeddings, use_ray, None)
     return r.pool_ids[r.sel.order].tolist()
 
 
@@ -96,11 +100,11 @@ class _Ranking:
 
 
 def _rank(rows_path, scores_path, method: str, cfg: IterITConfig, k, n_rank, seed, candidate_ids, embeddings,
-          use_ray) -> _Ranking:
+          use_ray, options) -> _Ranking:
     name = selector_name(method, cfg.diversity)
     needs = get_selector(name)
     rows = _read_rows(rows_path)
-    scores = _read_scores(scores_path, name, ("ifd",) if needs.needs_ifd else ())
+    scores = _read_scores(scores_path, name, needs.scores)
     pool = _pool(rows, scores, candidate_ids)
     pool_ids = rows["id"][pool.index]
     features, t_features = None, 0.0
@@ -113,7 +117,7 @@ def _rank(rows_path, scores_path, method: str, cfg: IterITConfig, k, n_rank, see
     t0 = time.perf_counter()
     sel = select(name, pool.scores.get("ifd"), k, n_rank, ids=pool_ids, features=features, embeddings=vectors,
                  scores=pool.scores, gamma=cfg.diversity_decay, ifd_max=cfg.ifd_max,
-                 dedup_threshold=cfg.dedup_threshold, seed=seed)
+                 dedup_threshold=cfg.dedup_threshold, seed=seed, options=options)
     return _Ranking(name, rows, scores, pool, pool_ids, sel, t_features, time.perf_counter() - t0)
 
 
@@ -155,9 +159,10 @@ def _read_score_file(scores_path, needed: tuple[str, ...]) -> dict[str, np.ndarr
     if missing:
         raise UserError(f"{scores_path}: scores lack the column(s) {sorted(missing)}")
     floats = [f.name for f in dataset.schema if pa.types.is_floating(f.type) and f.name not in KEY_COLUMNS]
-    table = dataset.to_table(columns=[c for c in KEY_COLUMNS if c in dataset.schema.names] + floats)
+    labels = [f.name for f in dataset.schema if pa.types.is_string(f.type) and f.name not in KEY_COLUMNS]
+    table = dataset.to_table(columns=[c for c in KEY_COLUMNS if c in dataset.schema.names] + floats + labels)
     out = {c: np.asarray(table.column(c).to_pylist(), dtype=object)
-           for c in KEY_COLUMNS if c in table.column_names}
+           for c in (*KEY_COLUMNS, *labels) if c in table.column_names}
     out.setdefault("reason", np.full(table.num_rows, None, dtype=object))
     for c in floats:
         out[c] = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -278,7 +283,9 @@ def _aligned_embeddings(embeddings, pool_ids: np.ndarray) -> np.ndarray:
 
 def _selection_table(rows, scores, pool: _Pool, sel: Selection) -> pa.Table:
     n = len(rows["id"])
-    score_parts = {c: np.full(n, np.nan) for c in score_columns(scores)}
+    types = {c: pa.string() if scores[c].dtype == object else pa.float64() for c in score_columns(scores)}
+    score_parts = {c: np.full(n, None, dtype=object) if t == pa.string() else np.full(n, np.nan)
+                   for c, t in types.items()}
     if scores is not None:
         has = pool.score_row >= 0
         for c in score_parts:
@@ -298,14 +305,14 @@ def _selection_table(rows, scores, pool: _Pool, sel: Selection) -> pa.Table:
     duplicate_of[pool.index[dup]] = rows["id"][pool.index[sel.duplicate_of[dup]]]
     return pa.table({
         "id": pa.array(rows["id"], pa.string()),
-        **{c: pa.array(v, pa.float64(), from_pandas=True) for c, v in score_parts.items()},
+        **{c: pa.array(v, types[c], from_pandas=True) for c, v in score_parts.items()},
         "diversity": pa.array(diversity, pa.float64(), from_pandas=True),
         "score": pa.array(score, pa.float64(), from_pandas=True),
         "selected": pa.array(selected, pa.bool_()),
         "rank": pa.array(rank, pa.int64(), mask=rank < 0),
         "reason": pa.array(reason, pa.string()),
         "duplicate_of": pa.array(duplicate_of, pa.string()),
-    }, schema=selection_schema(list(score_parts)))
+    }, schema=selection_schema(types))
 
 
 def _write_selected(rows_path, selected_ids: np.ndarray, path: Path) -> None:
@@ -322,12 +329,17 @@ def _write_selected(rows_path, selected_ids: np.ndarray, path: Path) -> None:
 
 
 def _summary(name, table: pa.Table, pool: _Pool, sel: Selection, t_features, t_select, t_total) -> dict:
+    """Counts per reason, the mean of each score the selector ranks on (selected against pool), timings."""
     reasons = Counter(r.split(":")[0] if r else "selected" for r in table.column("reason").to_pylist())
-    ifd_selected = pool.ifd[sel.selected]
+    means = {}
+    for c in ("ifd", *get_selector(name).scores):
+        values = pool.scores.get(c, np.full(len(pool.index), np.nan))
+        if values.dtype != object:
+            means.update({f"mean_{c}_selected": _mean(values[sel.selected]), f"mean_{c}_pool": _mean(values)})
     return {
         "method": name, "rows": table.num_rows, "pool": len(pool.index), "ranked": len(sel.order),
-        "selected": int(sel.k), "reasons": dict(reasons),
-        "mean_ifd_selected": _mean(ifd_selected), "mean_ifd_pool": _mean(pool.ifd),
+        "selected": int(sel.k), "reasons": dict(reasons), **means,
+        **{k: v for k, v in sel.stats.items() if k != "seconds"},
         "featurize_s": round(t_features, 3), "select_s": round(t_select, 3), "total_s": round(t_total, 3),
     }
 

@@ -1,0 +1,263 @@
+"""DaaR's stages, each once behind its marker (RunDir.stage); the DaaR loop puts them in order.
+
+    seeds      seeds.jsonl                the domain seeds (a file, or synthesised by the model)
+    probe-R    round-R/probe.parquet      features of the seeds and of a probe set drawn from the pool
+    heads-R    round-R/heads.safetensors  centroids -> k-means pseudo-labels -> domain and reward heads
+               round-R/probe_labels.parquet
+    reward-R   round-R/scores.parquet     every valid row: reward (predicted), entropy, pseudo_domain
+
+The model passes (probe, reward) run on the shared Ray Data actor map; each actor loads the
+model's first daar.probe_layers layers only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from raysel.actor_map import map_valid_rows, plan_actors
+from raysel.config import Config
+from raysel.runs import RunDir, atomic_output, write_parquet
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ["id", "prompt", "input", "response"]
+REWARD_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+                           ("reward", pa.float64()), ("entropy", pa.float64()), ("pseudo_domain", pa.string())])
+
+
+# --- the actors -------------------------------------------------------------------------------
+
+class ProbeFeaturizer:
+    """What `map_batches` calls: rows (id, prompt, input, response) in, their probe features and
+    input-embedding means out."""
+
+    def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
+        import torch
+
+        from raysel.daar.features import ProbeEncoder
+        from raysel.models import load_model, load_tokenizer
+        from raysel.scoring.stage import default_tokens_per_forward, resolve_dtype
+
+        torch.set_num_threads(threads)
+        dtype = resolve_dtype(cfg.scoring.dtype, device)
+        model = load_model(model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+        if hasattr(model, "merge_and_unload"):  # a LoRA round: fold the adapter in
+            model = model.merge_and_unload()
+        tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        budget = cfg.scoring.tokens_per_forward or default_tokens_per_forward(device, dtype)
+        self.encoder = ProbeEncoder(model.to(device), tokenizer, cfg.daar.probe_layers, cfg.model.max_length,
+                                    budget)
+        log.info("DaaR featurizer ready: %s, first %d layers, on %s, %s", model_path, cfg.daar.probe_layers,
+                 device, dtype)
+
+    def features(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        from raysel.daar.features import render_text
+        from raysel.pool import instruction_and_input
+
+        texts = [render_text(*instruction_and_input(p, i), r) for p, i, r in zip(
+            batch["prompt"].to_pylist(), batch["input"].to_pylist(), batch["response"].to_pylist(), strict=True)]
+        return self.encoder.encode(texts)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        probe, inputs = self.features(batch)
+        return pa.table({"id": batch["id"], "probe": _vectors(probe), "input_embedding": _vectors(inputs)})
+
+
+class RewardScorer(ProbeFeaturizer):
+    """Rows in, the heads' verdict out: predicted reward, the domain head's entropy and argmax."""
+
+    def __init__(self, model_path: str, cfg: Config, threads: int, device: str, heads_path: str,
+                 domains: list[str]):
+        from raysel.daar.heads import load_heads
+
+        super().__init__(model_path, cfg, threads, device)
+        self.heads, self.domains = load_heads(heads_path), np.asarray(domains, dtype=object)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        probe, _ = self.features(batch)
+        verdict = self.heads.score(probe)
+        n = batch.num_rows
+        return pa.table({
+            "id": batch["id"], "status": ["scored"] * n, "reason": pa.nulls(n, pa.string()),
+            "reward": verdict["reward"].astype(np.float64), "entropy": verdict["entropy"].astype(np.float64),
+            "pseudo_domain": self.domains[verdict["domain"]].tolist(),
+            "scored_by": [os.getpid()] * n,
+        })
+
+
+def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), matrix.shape[1])
+
+
+def vector_matrix(column) -> np.ndarray:
+    """A fixed-size-list column (a probe.parquet vector column) as a float32 matrix."""
+    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def _map(rows_path, actor_cls, ctor: dict, cfg: Config, ids=None) -> tuple[pa.Table | None, dict]:
+    """Run `actor_cls` over the valid rows (or `ids`) on the actor map; the outputs in one table."""
+    import ray
+
+    plan = plan_actors(cfg.scoring, ray.cluster_resources())
+    ctor = {**ctor, "cfg": cfg, "threads": plan.threads, "device": plan.device}
+    ds, counts = map_valid_rows(rows_path, actor_cls, ctor, plan, TEXT_COLUMNS, ids=ids,
+                                batch_size=cfg.scoring.batch_size)
+    log.info("%s over %d rows: %s", actor_cls.__name__, counts["to_score"], plan)
+    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None)) if ds is not None else []
+    table = pa.concat_tables(parts).sort_by("id") if parts else None
+    return table, {**counts, "actors": plan.num_actors, "device": plan.device}
+
+
+# --- the stages -------------------------------------------------------------------------------
+
+def seeds_stage(run: RunDir, cfg: Config, base_model: str) -> list[dict]:
+    """seeds.jsonl: the run's domain seeds, copied from daar.seeds_path or synthesised by the base
+    model, so that the run directory alone reproduces the centroids."""
+    from raysel.daar.domains import domain_names, read_seeds
+
+    d = cfg.daar
+
+    def compute():
+        if d.seed_source == "file":
+            seeds = read_seeds(d.seeds_path)
+            stats = {"source": str(d.seeds_path)}
+        else:
+            seeds, stats = _synthesize(cfg, base_model)
+        names = domain_names(seeds, d.domains)
+        seeds = [s for s in seeds if s["domain"] in names]
+        with atomic_output(run.seeds) as tmp:
+            tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in seeds), encoding="utf-8")
+        per_domain = {n: sum(s["domain"] == n for s in seeds) for n in names}
+        return {**stats, "domains": names, "seeds_per_domain": per_domain}
+
+    run.stage("seeds", compute)
+    return [json.loads(line) for line in run.seeds.read_text(encoding="utf-8").splitlines()]
+
+
+def _synthesize(cfg: Config, base_model: str) -> tuple[list[dict], dict]:
+    from raysel.config import ConfigError
+    from raysel.daar.synthesize import synthesize_seeds
+
+    d = cfg.daar
+    described = dict(item.split(":", 1) for item in d.domains if ":" in item)
+    if len(described) != len(d.domains) or len(described) < 2:
+        raise ConfigError("daar.domains: to synthesise seeds, name two or more domains as 'name: one-line "
+                          f"description', e.g. ['math: arithmetic word problems', ...]; got {d.domains}")
+    domains = {k.strip(): v.strip() for k, v in described.items()}
+    seeds, stats = synthesize_seeds(base_model, domains, n_per_domain=d.seeds_per_domain,
+                                    max_similarity=d.synth_max_similarity, max_attempts=d.synth_max_attempts,
+                                    warmup=d.synth_warmup, seed=cfg.run.seed,
+                                    trust_remote_code=cfg.model.trust_remote_code)
+    return seeds, {"source": "synthesize", "synthesis": stats}
+
+
+def probe_stage(run: RunDir, cfg: Config, r: int, model: str, seeds: list[dict]) -> dict:
+    """round-R/probe.parquet: probe features and input-embedding means of the seeds and of
+    daar.probe_size valid rows drawn with the run's seed (the same rows every round)."""
+
+    def compute():
+        probe_ids = draw_probe(run.rows, cfg.daar.probe_size, cfg.run.seed)
+        inputs = run.round_dir(r) / ".probe-input.parquet"
+        write_parquet(_probe_input(run.rows, probe_ids, seeds), inputs)
+        try:
+            table, counts = _map(inputs, ProbeFeaturizer, {"model_path": str(model)}, cfg)
+        finally:
+            inputs.unlink(missing_ok=True)
+        domain = {f"seed-{i:05d}": s["domain"] for i, s in enumerate(seeds)}
+        table = table.append_column("seed_domain", pa.array([domain.get(i) for i in table["id"].to_pylist()],
+                                                             pa.string()))
+        write_parquet(table, run.probe(r))
+        return {"model": str(model), "probe_rows": len(probe_ids), "seeds": len(seeds),
+                "actors": counts["actors"], "device": counts["device"]}
+
+    return run.stage(f"probe-{r}", compute)
+
+
+def draw_probe(rows_path, size: int, seed: int) -> list[str]:
+    """`size` valid ids drawn at random (all of them when there are fewer), sorted."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(rows_path, columns=["id", "status"])
+    valid = np.sort(np.asarray(keys.filter(pc.equal(keys["status"], "valid"))["id"].to_pylist(), dtype=object))
+    if len(valid) <= size:
+        return valid.tolist()
+    return np.sort(np.random.default_rng(seed).choice(valid, size, replace=False)).tolist()
+
+
+def _probe_input(rows_path, probe_ids: list[str], seeds: list[dict]) -> pa.Table:
+    """The rows the probe pass reads: the seeds (normalised like pool rows) and the probe rows."""
+    import pyarrow.parquet as pq
+
+    from raysel.config import PoolConfig
+    from raysel.pool import ROW_SCHEMA, normalise
+
+    rows = pq.read_table(rows_path, columns=["id", "status", *TEXT_COLUMNS[1:]],
+                         filters=[("id", "in", probe_ids)] if probe_ids else None)
+    seed_rows = []
+    for i, s in enumerate(seeds):
+        norm = normalise(s, PoolConfig())
+        seed_rows.append({"id": f"seed-{i:05d}", "status": "valid", "prompt": norm["prompt"],
+                          "input": norm["input"], "response": norm["response"]})
+    schema = pa.schema([ROW_SCHEMA.field(c) for c in ["id", "status", *TEXT_COLUMNS[1:]]])
+    return pa.concat_tables([pa.Table.from_pylist(seed_rows, schema=schema), rows.cast(schema)])
+
+
+def heads_stage(run: RunDir, cfg: Config, r: int) -> dict:
+    """round-R/heads.safetensors and probe_labels.parquet: centroids of the seeds, k-means
+    pseudo-labels of the probe rows started at them, then the two heads trained on the labels."""
+    import pyarrow.parquet as pq
+
+    from raysel.daar.domains import centroids, domain_names, pseudo_labels
+    from raysel.daar.heads import HeadOptions, save_heads, train_heads
+
+    d = cfg.daar
+
+    def compute():
+        table = pq.read_table(run.probe(r))
+        seed_domain = np.asarray(table["seed_domain"].to_pylist(), dtype=object)
+        is_seed = np.array([x is not None for x in seed_domain], dtype=bool)
+        names = domain_names([{"domain": x} for x in seed_domain[is_seed]], d.domains)
+        space = vector_matrix(table["input_embedding" if d.centroid_space == "input" else "probe"])
+        centers = centroids(space[is_seed], seed_domain[is_seed].tolist(), names)
+        labels = pseudo_labels(space[~is_seed], centers, d.kmeans_iterations, cfg.run.seed)
+        opts = HeadOptions(d.head_epochs, d.head_batch_size, d.head_learning_rate, d.head_val_fraction)
+        heads, stats = train_heads(vector_matrix(table["probe"])[~is_seed], labels, len(names), opts, cfg.run.seed)
+        with atomic_output(run.heads(r)) as tmp:
+            save_heads(heads, tmp)
+        ids = table["id"].filter(pa.array(~is_seed))
+        write_parquet(pa.table({"id": ids, "pseudo_domain": np.asarray(names, dtype=object)[labels].tolist()}),
+                      run.probe_labels(r))
+        counts = np.bincount(labels, minlength=len(names))
+        return {"domains": names, "centroid_space": d.centroid_space,
+                "probe_label_counts": dict(zip(names, counts.tolist(), strict=True)), **stats}
+
+    stats = run.stage(f"heads-{r}", compute)
+    log.info("round %d heads: domain val accuracy %s, reward val MSE %s (predicting the mean: %s)", r,
+             stats["domain_val_accuracy"], stats["reward_val_mse"], stats["reward_val_mse_of_mean"])
+    return stats
+
+
+def reward_stage(run: RunDir, cfg: Config, r: int, model: str, domains: list[str]) -> dict:
+    """round-R/scores.parquet: every valid row scored by round r's heads on its probe features."""
+
+    def compute():
+        ctor = {"model_path": str(model), "heads_path": str(run.heads(r).resolve()), "domains": domains}
+        table, counts = _map(run.rows, RewardScorer, ctor, cfg)
+        workers = len(set(table["scored_by"].to_pylist())) if table is not None else 0
+        table = table.select(REWARD_SCHEMA.names).cast(REWARD_SCHEMA) if table is not None \
+            else REWARD_SCHEMA.empty_table()
+        write_parquet(table, run.scores(r))
+        pseudo = table["pseudo_domain"].to_pylist()
+        reward = table["reward"].to_numpy()
+        return {"model": str(model), **counts, "scored": table.num_rows, "actors_used": workers,
+                "pseudo_domains": {n: pseudo.count(n) for n in domains},
+                "mean_reward": float(reward.mean()) if len(reward) else None}
+
+    return run.stage(f"reward-{r}", compute)
