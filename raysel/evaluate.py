@@ -112,19 +112,10 @@ class Evaluator:
     """What `map_batches` calls: held-out rows in, their answer loss (and greedy answer) out."""
 
     def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
-        import torch
-
-        from raysel.models import load_model, load_tokenizer
         from raysel.scoring.batch import BatchScorer
-        from raysel.scoring.stage import default_tokens_per_forward, resolve_dtype
+        from raysel.scoring.stage import default_tokens_per_forward, load_for_inference
 
-        torch.set_num_threads(threads)
-        dtype = resolve_dtype(cfg.scoring.dtype, device)
-        model = load_model(model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        self.model = model.to(device)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.model, self.tokenizer, dtype = load_for_inference(model_path, cfg, threads, device)
         self.scorer = BatchScorer(self.model, self.tokenizer, max_length=cfg.model.max_length, embeddings=False,
                                   token_budget=default_tokens_per_forward(device, dtype))
         self.accuracy_domains = set(cfg.eval.accuracy_domains)
@@ -168,9 +159,7 @@ class Evaluator:
 
 def evaluate(model_path: str, cfg: Config, out_dir: str | Path) -> dict:
     """Evaluate `model_path` on cfg.eval.heldout into out_dir/eval.parquet and eval.json."""
-    import ray
-
-    from raysel.actor_map import map_valid_rows, plan_actors
+    from raysel.actor_map import map_to_table
     from raysel.runs import atomic_output, write_parquet
 
     out_dir = Path(out_dir)
@@ -178,16 +167,12 @@ def evaluate(model_path: str, cfg: Config, out_dir: str | Path) -> dict:
     rows = heldout_rows(cfg.eval.heldout)
     inputs = out_dir / ".eval-input.parquet"
     write_parquet(rows, inputs)
-    plan = plan_actors(cfg.scoring, ray.cluster_resources())
-    ctor = {"model_path": str(model_path), "cfg": cfg, "threads": plan.threads, "device": plan.device}
     try:
-        ds, _ = map_valid_rows(inputs, Evaluator, ctor, plan, ["id", "domain", "prompt", "input", "response"],
-                               batch_size=cfg.scoring.batch_size)
-        parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None)) if ds is not None else []
+        table, _, _ = map_to_table(inputs, Evaluator, {"model_path": str(model_path)}, cfg,
+                                   ["id", "domain", "prompt", "input", "response"])
     finally:
         inputs.unlink(missing_ok=True)
-    done = pa.concat_tables([p.select(EVAL_SCHEMA.names).cast(EVAL_SCHEMA) for p in parts]) if parts \
-        else EVAL_SCHEMA.empty_table()
+    done = table.select(EVAL_SCHEMA.names).cast(EVAL_SCHEMA) if table is not None else EVAL_SCHEMA.empty_table()
     table = _with_invalid(rows, done).sort_by("id")
     write_parquet(table, out_dir / "eval.parquet")
     summary = {"model": str(model_path), "heldout": cfg.eval.heldout, **summarise(table)}

@@ -49,11 +49,16 @@ def read_seeds(path: str | Path) -> list[dict]:
     return seeds
 
 
+def domain_name(item: str) -> str:
+    """The name in a daar.domains entry: "math: word problems" -> "math"."""
+    return item.split(":", 1)[0].strip()
+
+
 def domain_names(seeds: list[dict], wanted: list[str]) -> list[str]:
     """The domains to cluster into: `wanted` (daar.domains, names before any ': description'),
     or every domain of the seeds in order of first appearance. Each needs at least one seed."""
     present = list(dict.fromkeys(s["domain"] for s in seeds))
-    names = [w.split(":", 1)[0].strip() for w in wanted] or present
+    names = [domain_name(w) for w in wanted] or present
     missing = [n for n in names if n not in present]
     if missing:
         raise UserError(f"daar.domains: no seeds for {missing}; the seeds have {present}")

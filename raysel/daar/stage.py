@@ -19,7 +19,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from raysel.actor_map import map_valid_rows, plan_actors
+from raysel.actor_map import map_to_table
 from raysel.config import Config
 from raysel.runs import RunDir, atomic_output, write_parquet
 
@@ -37,20 +37,12 @@ class ProbeFeaturizer:
     input-embedding means out."""
 
     def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
-        import torch
-
         from raysel.daar.features import ProbeEncoder
-        from raysel.models import load_model, load_tokenizer
-        from raysel.scoring.stage import default_tokens_per_forward, resolve_dtype
+        from raysel.scoring.stage import default_tokens_per_forward, load_for_inference
 
-        torch.set_num_threads(threads)
-        dtype = resolve_dtype(cfg.scoring.dtype, device)
-        model = load_model(model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-        if hasattr(model, "merge_and_unload"):  # a LoRA round: fold the adapter in
-            model = model.merge_and_unload()
-        tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        model, tokenizer, dtype = load_for_inference(model_path, cfg, threads, device)
         budget = cfg.scoring.tokens_per_forward or default_tokens_per_forward(device, dtype)
-        self.encoder = ProbeEncoder(model.to(device), tokenizer, cfg.daar.probe_layers, cfg.model.max_length,
+        self.encoder = ProbeEncoder(model, tokenizer, cfg.daar.probe_layers, cfg.model.max_length,
                                     budget)
         log.info("DaaR featurizer ready: %s, first %d layers, on %s, %s", model_path, cfg.daar.probe_layers,
                  device, dtype)
@@ -101,17 +93,10 @@ def vector_matrix(column) -> np.ndarray:
 
 
 def _map(rows_path, actor_cls, ctor: dict, cfg: Config, ids=None) -> tuple[pa.Table | None, dict]:
-    """Run `actor_cls` over the valid rows (or `ids`) on the actor map; the outputs in one table."""
-    import ray
-
-    plan = plan_actors(cfg.scoring, ray.cluster_resources())
-    ctor = {**ctor, "cfg": cfg, "threads": plan.threads, "device": plan.device}
-    ds, counts = map_valid_rows(rows_path, actor_cls, ctor, plan, TEXT_COLUMNS, ids=ids,
-                                batch_size=cfg.scoring.batch_size)
-    log.info("%s over %d rows: %s", actor_cls.__name__, counts["to_score"], plan)
-    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None)) if ds is not None else []
-    table = pa.concat_tables(parts).sort_by("id") if parts else None
-    return table, {**counts, "actors": plan.num_actors, "device": plan.device}
+    """`actor_cls` over the valid rows (or `ids`) on the actor map; the outputs sorted by id."""
+    table, counts, plan = map_to_table(rows_path, actor_cls, ctor, cfg, TEXT_COLUMNS, ids=ids)
+    return (table.sort_by("id") if table is not None else None), {**counts, "actors": plan.num_actors,
+                                                                   "device": plan.device}
 
 
 # --- the stages -------------------------------------------------------------------------------

@@ -79,26 +79,34 @@ def resolve_dtype(name: str, device: str):
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def load_for_inference(model_path: str, cfg: Config, threads: int, device: str):
+    """(model on `device`, tokenizer, dtype) for an actor's pass over the pool: `threads` torch
+    threads, the dtype of `resolve_dtype`, a LoRA adapter folded in (inference only)."""
+    import torch
+
+    from raysel.models import load_model, load_tokenizer
+
+    torch.set_num_threads(threads)
+    dtype = resolve_dtype(cfg.scoring.dtype, device)
+    model = load_model(model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    return model.to(device), tokenizer, dtype
+
+
 # --- the actor --------------------------------------------------------------------------------
 
 class Scorer:
     """What `map_batches` calls: rows (id, prompt, response) in, score rows (+ embedding) out."""
 
     def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
-        import torch
-
-        from raysel.models import load_model, load_tokenizer
         from raysel.scoring.batch import BatchScorer
 
-        torch.set_num_threads(threads)
-        dtype = resolve_dtype(cfg.scoring.dtype, device)
-        model = load_model(model_path, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-        if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapter in, scoring is inference only
-            model = model.merge_and_unload()
-        tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        model, tokenizer, dtype = load_for_inference(model_path, cfg, threads, device)
         s = cfg.scoring
         budget = s.tokens_per_forward or default_tokens_per_forward(device, dtype)
-        self.scorer = BatchScorer(model.to(device), tokenizer, max_length=cfg.model.max_length,
+        self.scorer = BatchScorer(model, tokenizer, max_length=cfg.model.max_length,
                                   prior_context=s.prior_context, embeddings=s.embeddings,
                                   embedding_layer=s.embedding_layer, token_budget=budget,
                                   lm_head_chunk=s.lm_head_chunk, vocab_chunk=s.vocab_chunk or VOCAB_CHUNK[device],

@@ -20,7 +20,9 @@ REWARD_INVALID = "reward invalid"
 
 def daar_options(d: DaaRConfig) -> dict:
     """The selector's settings from the config: overall or per pseudo-domain, and the quotas' shares."""
-    names = [n.split(":", 1)[0].strip() for n in d.domains]
+    from raysel.daar.domains import domain_name
+
+    names = [domain_name(n) for n in d.domains]
     if d.domain_shares and len(d.domain_shares) != len(names):
         raise ConfigError(f"daar.domain_shares: one share per domain named in daar.domains, in that order; "
                           f"got {len(d.domain_shares)} shares for {names}")
