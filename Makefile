@@ -1,19 +1,24 @@
 # The two commands of the README. Each creates the environment when it is missing.
 #   make demo   IterIT on the demo pool with SmolLM2-135M-Instruct (local Ray, CPU is fine)
 #   make test   lint + the test suite (what .ci/run calls)
+#   make reliability   the slow fault-injection cases
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test reliability lint bench clean
 
 demo: $(STAMP)
 	$(PY) jobs/iterit.py
 
 test: $(STAMP)
 	$(PY) -m ruff check raysel jobs tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not reliability"
+
+# The slow fault-injection cases (killed drivers beyond the IterIT one in `make test`).
+reliability: $(STAMP)
+	$(PY) -m pytest -q -m reliability
 
 bench: $(STAMP)
 	$(PY) benchmarks/scoring.py

@@ -5,7 +5,7 @@ model is tuned on the choice (docs/methods.md, DaaR).
     python jobs/daar.py --set daar.select=per_domain        # a quota per pseudo-domain
     python jobs/daar.py --set daar.seeds_path=seeds.jsonl --set pool.path=s3://bucket/pool/
     python jobs/daar.py --run-dir runs/x --resume           # continue an interrupted run
-    ray job submit --working-dir . -- python jobs/daar.py --config configs/daar-demo.yaml
+    ray job submit --working-dir . -- python jobs/daar.py --config configs/daar-8b.yaml      # cluster.yaml's cluster
 """
 
 import sys

@@ -4,7 +4,7 @@
     python jobs/iterit.py --config configs/tiny.yaml --run-dir runs/tiny
     python jobs/iterit.py --set pool.path=s3://bucket/pool/ --set selection.k=20000
     python jobs/iterit.py --run-dir runs/x --resume          # continue an interrupted run
-    ray job submit --working-dir . -- python jobs/iterit.py --config configs/cluster-llama3-8b.yaml
+    ray job submit --working-dir . -- python jobs/iterit.py --config configs/iterit-8b.yaml  # cluster.yaml's cluster
 """
 
 import sys

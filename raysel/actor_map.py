@@ -114,7 +114,7 @@ def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: Ac
 
 
 def map_to_table(rows_path: str | Path, actor_cls, ctor_kwargs: dict, cfg, columns: list[str],
-                 ids: list[str] | None = None) -> tuple[pa.Table | None, dict, ActorPlan]:
+                 ids: list[str] | None = None, desc: str | None = None) -> tuple[pa.Table | None, dict, ActorPlan]:
     """`actor_cls` over the valid rows (or `ids`) on a pool planned from the cluster (cfg.scoring),
     each actor built with `ctor_kwargs` plus cfg, threads and device; its outputs gathered in one
     table (None when nothing was mapped), the counts and the plan. For outputs a driver can hold."""
@@ -124,7 +124,13 @@ def map_to_table(rows_path: str | Path, actor_cls, ctor_kwargs: dict, cfg, colum
     ctor = {**ctor_kwargs, "cfg": cfg, "threads": plan.threads, "device": plan.device}
     ds, counts = map_valid_rows(rows_path, actor_cls, ctor, plan, columns, ids=ids, batch_size=cfg.scoring.batch_size)
     log.info("%s over %d rows: %s", actor_cls.__name__, counts["to_score"], plan)
-    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None)) if ds is not None else []
+    from raysel.progress import Progress
+
+    parts = []
+    with Progress(counts["to_score"], desc or actor_cls.__name__, "rows", terminal_bar=False) as progress:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if ds is not None else []:
+            parts.append(batch)
+            progress.update(batch.num_rows)
     # batches may differ where a column is all null in one of them: unify the types
     return (pa.concat_tables(parts, promote_options="default") if parts else None), counts, plan
 

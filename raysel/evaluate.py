@@ -117,7 +117,7 @@ class Evaluator:
 
         self.model, self.tokenizer, dtype = load_for_inference(model_path, cfg, threads, device)
         self.scorer = BatchScorer(self.model, self.tokenizer, max_length=cfg.model.max_length, embeddings=False,
-                                  token_budget=default_tokens_per_forward(device, dtype))
+                                  token_budget=default_tokens_per_forward(device, dtype), conditional_only=True)
         self.accuracy_domains = set(cfg.eval.accuracy_domains)
         self.max_new_tokens, self.device = cfg.eval.max_new_tokens, device
 
@@ -169,7 +169,7 @@ def evaluate(model_path: str, cfg: Config, out_dir: str | Path) -> dict:
     write_parquet(rows, inputs)
     try:
         table, _, _ = map_to_table(inputs, Evaluator, {"model_path": str(model_path)}, cfg,
-                                   ["id", "domain", "prompt", "input", "response"])
+                                   ["id", "domain", "prompt", "input", "response"], desc="eval")
     finally:
         inputs.unlink(missing_ok=True)
     done = table.select(EVAL_SCHEMA.names).cast(EVAL_SCHEMA) if table is not None else EVAL_SCHEMA.empty_table()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from raysel.config import Config
 from raysel.runs import RunDir, atomic_output
@@ -32,6 +33,12 @@ def start_ray(cfg: Config):
     # (served by the dashboard) whether the controller lives, and warns every second without it.
     kwargs = {} if address else {"num_cpus": cfg.ray.num_cpus, "include_dashboard": True}
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
+    if not sys.stdout.isatty():
+        # Off a terminal Ray Data logs each pass's progress every 10 s, several lines at a time;
+        # raysel.progress logs rows done, rate and time left once a minute instead.
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
     log.info("ray cluster: %s", {k: v for k, v in ray.cluster_resources().items() if "node" not in k})
     return ray
 
@@ -120,6 +127,18 @@ def eval_stage(run: RunDir, cfg: Config, model: str) -> dict:
                                                     else "") for d, v in stats["by_domain"].items() if v["loss"])
     print(f"held-out loss by domain: {by_domain}", flush=True)
     return stats
+
+
+def finish_run(run: RunDir) -> None:
+    """Mark the run finished and write its report.md. A figure that cannot be drawn must not cost
+    a finished run: it is logged, and `raysel report RUN_DIR` draws the report again."""
+    from raysel.report import write_report
+
+    run.update_manifest(finished=True)
+    try:
+        log.info("report: %s", write_report(run.path))
+    except Exception:
+        log.exception("the report could not be written; retry with `raysel report %s`", run.path)
 
 
 def _embeddings(run: RunDir, cfg: Config, paths: list):

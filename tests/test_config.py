@@ -1,14 +1,22 @@
 """Config: YAML + --set overrides, validated with errors that name the field."""
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
 from raysel.config import CONFIG_DIR, ConfigError, UserError, dump_config, load_config, resolve_k
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_shipped_configs_load():
     for path in CONFIG_DIR.glob("*.yaml"):
         load_config(path)
+    for job in ("iterit", "daar"):  # each job's docstring names a config that exists
+        named = re.findall(r"configs/[\w.-]+\.yaml", (ROOT / "jobs" / f"{job}.py").read_text())
+        assert named and all((ROOT / n).exists() for n in named), named
     cfg = load_config(None, ["selection.k=1000", "training.lora_target_modules=[q_proj, v_proj]",
                              "iterit.dedup_threshold=0.95", "pool.limit=10", "daar.domains=[a: x, 'b: y']",
                              "daar.domain_shares=[1, 2]"])

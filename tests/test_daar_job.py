@@ -8,6 +8,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from test_iterit import ROOT, _kill_after, job_env, run_job, selection
+from test_report import check_report
 
 from raysel.selection.daar import quotas
 
@@ -55,6 +56,16 @@ def test_two_rounds_account_for_every_row_and_keep_the_budget(daar_run):
     assert "held-out loss by domain: arithmetic" in stdout
 
 
+def test_the_report_shows_rewards_pseudo_domains_training_and_held_out_results(daar_run):
+    run_dir, _ = daar_run
+    text = check_report(run_dir, {"scores", "selection", "training", "eval", "timings"})
+    assert "distribution of `reward`" in text and "pseudo-domain mix" in text and "domain mix" in text
+    for r in (0, 1):
+        train = stats(run_dir, f"train-{r}")
+        assert len(train["losses"]) == train["steps"] > 0  # the loss curve's points
+    assert "| arithmetic | 50 |" in text  # the held-out table
+
+
 def test_per_domain_selection_meets_its_quotas(daar_run):
     run_dir, _ = daar_run
     for r in (0, 1):
@@ -78,6 +89,7 @@ def test_round_one_embeds_with_the_tuned_model(daar_run):
     assert r0 != r1, "the tuned model's LoRA changes the first layers' features"
 
 
+@pytest.mark.reliability
 def test_resume_after_a_kill_reproduces_round_zero(daar_run, tmp_path):
     reference, _ = daar_run
     run_dir = tmp_path / "run"

@@ -65,6 +65,15 @@ def test_two_rounds_leave_every_artifact(uninterrupted):
     assert manifest["finished"] and manifest["stages"]["train-1"]["status"] == "done"
 
 
+def test_the_finished_run_writes_its_report(uninterrupted):
+    from test_report import check_report
+
+    run_dir, _ = uninterrupted
+    text = check_report(run_dir, {"scores", "selection", "training", "timings"})
+    assert "distribution of `ifd`" in text and "Not evaluated" in text
+    assert "regenerate: `raysel report" in text
+
+
 def test_round_one_scores_with_the_tuned_model(uninterrupted):
     run_dir, _ = uninterrupted
     s0 = {r["id"]: r for r in pq.read_table(run_dir / "round-0" / "scores.parquet").to_pylist()}

@@ -228,6 +228,17 @@ def test_embeddings_can_be_turned_off(tiny_model_dir):
     assert BatchScorer(model, tokenizer, embeddings=False).score(SAMPLES[:2])[0].embedding is None
 
 
+def test_conditional_only_scores_the_same_l_cond_with_half_the_tokens(tiny_model_dir):
+    model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
+    both = BatchScorer(model, tokenizer, max_length=256, embeddings=False)
+    cond = BatchScorer(model, tokenizer, max_length=256, embeddings=False, conditional_only=True)
+    for full, alone in zip(both.score(SAMPLES), cond.score(SAMPLES), strict=True):
+        assert alone.l_cond == pytest.approx(full.l_cond, abs=1e-4)
+        assert alone.n_answer_tokens == full.n_answer_tokens
+        assert alone.l_prior is None and alone.ifd is None
+    assert cond.stats["forward_tokens"] < both.stats["forward_tokens"]
+
+
 def test_embedding_layer_out_of_range_is_an_error(tiny_model_dir):
     model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     with pytest.raises(ValueError, match="out of range"):

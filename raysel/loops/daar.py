@@ -30,7 +30,15 @@ def run_daar(cfg: Config, resume: bool = False) -> RunDir:
     from raysel.daar.stage import heads_stage, probe_stage, reward_stage, seeds_stage
     from raysel.loops.plan import plan_budget
     from raysel.models import resolve_model_path
-    from raysel.stages import eval_stage, ingest_stage, open_run, select_stage, start_ray, train_stage
+    from raysel.stages import (
+        eval_stage,
+        finish_run,
+        ingest_stage,
+        open_run,
+        select_stage,
+        start_ray,
+        train_stage,
+    )
 
     if cfg.selection.method != "daar":
         raise ConfigError(f"jobs/daar.py runs selection.method=daar, got {cfg.selection.method!r} "
@@ -56,7 +64,7 @@ def run_daar(cfg: Config, resume: bool = False) -> RunDir:
         print_round_summary(r, heads, rewards, picked, trained)
     if cfg.eval.heldout:
         eval_stage(run, cfg, model)
-    run.update_manifest(finished=True)
+    finish_run(run)
     log.info("done: %s", run.path)
     return run
 

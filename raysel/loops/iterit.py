@@ -32,6 +32,7 @@ def run_iterit(cfg: Config, resume: bool = False) -> RunDir:
     from raysel.selection import selector_name
     from raysel.stages import (
         eval_stage,
+        finish_run,
         ingest_stage,
         open_run,
         rescore_pool_stage,
@@ -66,7 +67,7 @@ def run_iterit(cfg: Config, resume: bool = False) -> RunDir:
         print_round_summary(r, scores, picked, trained)
     if cfg.eval.heldout:
         eval_stage(run, cfg, model)
-    run.update_manifest(finished=True)
+    finish_run(run)
     log.info("done: %s", run.path)
     return run
 

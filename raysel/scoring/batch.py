@@ -207,7 +207,8 @@ class BatchScorer:
     def __init__(self, model, tokenizer, max_length: int = 1024, prior_context: str = "template",
                  embeddings: bool = True, embedding_layer: int = -1, token_budget: int = 8192,
                  max_seqs: int = 256, lm_head_chunk: int = 2048, vocab_chunk: int = 2048,
-                 padding_side: str = "right", share_prefix: bool = True, embedding_span: str = "response"):
+                 padding_side: str = "right", share_prefix: bool = True, embedding_span: str = "response",
+                 conditional_only: bool = False):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if embedding_span not in ("response", "text"):
@@ -221,6 +222,7 @@ class BatchScorer:
         self.token_budget, self.max_seqs, self.lm_head_chunk = token_budget, max_seqs, lm_head_chunk
         self.vocab_chunk = vocab_chunk  # 0: the whole vocabulary at once
         self.share_prefix = share_prefix
+        self.conditional_only = conditional_only  # l_cond only (held-out loss): half the tokens, no IFD
         self._prefix: _Prefix | None = None  # the last call's, reused while calls share it
         # transformers 5 renamed the forward's `past_key_values` to `cache`.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(self.body.forward).parameters else "past_key_values"
@@ -270,7 +272,8 @@ class BatchScorer:
         for i, e in enumerate(encoded):
             if e.reason is None:
                 seqs.append(_Seq(e.cond_ids, e.cond_start, e.n_answer, i, True))
-                seqs.append(_Seq(e.prior_ids, e.prior_start, e.n_answer, i, False))
+                if not self.conditional_only:
+                    seqs.append(_Seq(e.prior_ids, e.prior_start, e.n_answer, i, False))
         nll_sums = torch.zeros(len(seqs), dtype=torch.float64)
         pooled = {}
         for prefix, group in self._prefix_groups(seqs):
@@ -450,8 +453,9 @@ class BatchScorer:
             if e.reason is not None:
                 results.append(SampleScore("invalid", e.reason, None, None, None, 0, e.truncated))
                 continue
-            l_cond, l_prior = by_sample[i]["cond"], by_sample[i]["prior"]
-            results.append(SampleScore("scored", None, l_cond, l_prior, ifd_ratio(l_cond, l_prior),
+            l_cond, l_prior = by_sample[i]["cond"], by_sample[i].get("prior")
+            ifd = None if l_prior is None else ifd_ratio(l_cond, l_prior)
+            results.append(SampleScore("scored", None, l_cond, l_prior, ifd,
                                        e.n_answer, e.truncated, by_sample[i].get("embedding")))
         return results
 

@@ -168,7 +168,7 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     scored, counts = map_valid_rows(rows_path, Scorer, ctor, plan, ["id", "prompt", "response"], ids=ids,
                                     batch_size=cfg.scoring.batch_size)
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
-    scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings)
+    scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings, counts["to_score"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if embeddings is not None:
         write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
@@ -181,20 +181,25 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
             "dtype": ",".join(sorted(dtypes)) or None, "prior_context": "; ".join(sorted(priors)) or None}
 
 
-def _collect(scored, with_embeddings: bool) -> tuple[pa.Table, pa.Table | None, int, set[str], set[str]]:
+def _collect(scored, with_embeddings: bool, total: int) -> tuple[pa.Table, pa.Table | None, int, set[str], set[str]]:
     """Stream the results into the driver: the score columns, the scored rows' embeddings, how
     many actors did work, the dtypes they scored in and the priors they used."""
     import pyarrow.compute as pc
 
+    from raysel.progress import Progress
+
     score_parts, embedding_parts = [SCORES_SCHEMA.empty_table()], []
     workers, dtypes, priors = set(), set(), set()
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []:
-        score_parts.append(batch.select(SCORES_SCHEMA.names))
-        workers.update(pc.unique(batch["scored_by"]).to_pylist())
-        dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
-        priors.update(pc.unique(batch["prior_used"]).to_pylist())
-        if with_embeddings:
-            embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
+    batches = scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []
+    with Progress(total, "scoring", "rows", terminal_bar=False) as progress:
+        for batch in batches:
+            progress.update(batch.num_rows)
+            score_parts.append(batch.select(SCORES_SCHEMA.names))
+            workers.update(pc.unique(batch["scored_by"]).to_pylist())
+            dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
+            priors.update(pc.unique(batch["prior_used"]).to_pylist())
+            if with_embeddings:
+                embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
     scores, embeddings = pa.concat_tables(score_parts).sort_by("id"), None
     if with_embeddings and embedding_parts:
         embeddings = pa.concat_tables(embedding_parts).sort_by("id")

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from raysel.progress import Progress
 from raysel.selection.base import DUPLICATE, Request, Selection, ifd_eligibility, no_reasons, tie_ranks
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,8 @@ def lazy_embedding_greedy(q: np.ndarray, weight: np.ndarray, candidates: np.ndar
 def _rank(picks, q, weight, heap, n_rank, best, nearest, seen, dedup_threshold, max_batch):
     """The lazy greedy loop proper (see the module docstring)."""
     order, gains, scores = [], [], []
-    evaluations, started, last_log = 0, time.perf_counter(), time.perf_counter()
+    evaluations, started = 0, time.perf_counter()
+    progress = Progress(n_rank, "embedding greedy", "picks")
     for step in range(n_rank):
         batch_size = 1
         while heap and seen[heap[0][2]] != step:
@@ -222,9 +224,8 @@ def _rank(picks, q, weight, heap, n_rank, best, nearest, seen, dedup_threshold, 
         gains.append(1.0 - float(best[i]))
         scores.append(-neg_score)
         picks.add(q[i])
-        if time.perf_counter() - last_log > 30:
-            last_log = time.perf_counter()
-            log.info("embedding greedy: %d/%d ranked, %.0fs", step + 1, n_rank, last_log - started)
+        progress.update()
+    progress.close()
     log.info("embedding greedy: %d picks, %d re-evaluations, %.1fs", len(order), evaluations,
              time.perf_counter() - started)
     return np.asarray(order, dtype=np.int64), np.asarray(gains, dtype=np.float64), np.asarray(scores)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from raysel.progress import Progress
 from raysel.selection.base import Request, Selection, ifd_eligibility, no_duplicates, tie_ranks
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,8 @@ def lazy_greedy(w: sp.csr_matrix, ifd: np.ndarray, candidates: np.ndarray, tie_r
     order = np.empty(n_rank, dtype=np.int64)
     picked_gain = np.empty(n_rank, dtype=np.float64)
     picked_score = np.empty(n_rank, dtype=np.float64)
-    evaluations, started, last_log = 0, time.perf_counter(), time.perf_counter()
-    last_evaluations = 0
+    evaluations, started, last_evaluations = 0, time.perf_counter(), 0
+    progress = Progress(n_rank, "iterit greedy", "picks")
     for step in range(n_rank):
         # start near what the last pick needed (neighbouring picks need about as many), then double
         batch_size, evaluations_before = max(1, last_evaluations // 2), evaluations
@@ -173,9 +174,8 @@ def lazy_greedy(w: sp.csr_matrix, ifd: np.ndarray, candidates: np.ndarray, tie_r
         neg_score, _, i = heapq.heappop(heap)
         order[step], picked_gain[step], picked_score[step] = i, gains[i], -neg_score
         coverage.cover(w.indices[w.indptr[i]:w.indptr[i + 1]])
-        if time.perf_counter() - last_log > 30:
-            last_log = time.perf_counter()
-            log.info("iterit greedy: %d/%d ranked, %.0fs", step + 1, n_rank, last_log - started)
+        progress.update()
+    progress.close()
     log.info("iterit greedy: %d picks, %d re-evaluations, %.1fs", n_rank, evaluations,
              time.perf_counter() - started)
     return order, picked_gain, picked_score

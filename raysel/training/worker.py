@@ -47,12 +47,13 @@ def train_loop(config: dict) -> None:
     log.info("worker %d/%d: %d micro-batches on %s (%d threads), starting at step %d", rank, world, len(batches),
              engine.device, torch.get_num_threads(), engine.global_steps)
     started = time.perf_counter()
-    step_losses = _train(engine, batches, tokenizer.pad_token_id, config["log_every"], rank)
+    step_losses = _train(engine, batches, tokenizer.pad_token_id, config["log_every"], rank, config["round"])
     metrics = {
         "round": config["round"], **start, **training_state(engine),
         "steps": engine.global_steps - start["start_global_step"],
         "mean_loss": sum(step_losses) / max(1, len(step_losses)),
         "final_loss": step_losses[-1] if step_losses else float("nan"),
+        "losses": [round(x, 5) for x in step_losses],  # per optimizer step: the report's loss curve
         "train_seconds": time.perf_counter() - started,
     }
     started = time.perf_counter()
@@ -205,12 +206,18 @@ def _load_shard(rank: int, batch_size: int) -> list[list[tuple]]:
     return [ordered[i: i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-def _train(engine, batches: list[list[tuple]], pad_id: int, log_every: int, rank: int) -> list[float]:
+def _train(engine, batches: list[list[tuple]], pad_id: int, log_every: int, rank: int,
+           round_idx: int) -> list[float]:
     """Run every micro-batch; returns the loss of each optimizer step (mean over micro-batches and ranks)."""
     import torch
     import torch.distributed as dist
 
+    from raysel.progress import Progress
+
     step_losses, window = [], []
+    steps = len(batches) // engine.gradient_accumulation_steps()
+    # Rank 0 speaks for all; a worker's output is forwarded, never a terminal: log lines, no bar.
+    progress = Progress(steps, f"round {round_idx} training", "steps") if rank == 0 else None
     for rows in batches:
         batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -223,8 +230,13 @@ def _train(engine, batches: list[list[tuple]], pad_id: int, log_every: int, rank
             dist.all_reduce(mean)
             step_losses.append(mean.item() / dist.get_world_size())
             window = []
-            if rank == 0 and engine.global_steps % log_every == 0:
-                log.info("step %d  loss %.4f  lr %.3g", engine.global_steps, step_losses[-1], engine.get_lr()[0])
+            if progress is not None:
+                progress.update(1, note=f"step {engine.global_steps}, loss {step_losses[-1]:.4f}, "
+                                        f"lr {engine.get_lr()[0]:.3g}")
+                if engine.global_steps % log_every == 0:
+                    progress.line()
+    if progress is not None:
+        progress.close()
     return step_losses
 
 
