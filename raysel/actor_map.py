@@ -31,29 +31,42 @@ MAX_AUTO_CPU_ACTORS = 8
 
 @dataclass(frozen=True)
 class ActorPlan:
-    num_actors: int
+    num_actors: int  # the pool's size when it starts
     num_cpus: float  # Ray resources per actor
     num_gpus: int
     threads: int  # torch threads per actor
     device: str  # "cuda" | "cpu"
+    max_actors: int = 0  # the most the pool grows to (0: num_actors, a fixed pool)
+
+    @property
+    def pool_max(self) -> int:
+        return max(self.num_actors, self.max_actors)
 
 
 def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
-    """One actor per GPU; without GPUs, CPU actors of a few threads each that fill the cluster."""
-    if scoring.num_actors < 0 or scoring.cpus_per_actor < 0:
-        raise ConfigError("scoring.num_actors and scoring.cpus_per_actor must be 0 (auto) or positive")
+    """One actor per GPU; without GPUs, CPU actors of a few threads each that fill the cluster.
+    `resources` is the cluster as the stage starts: on an autoscaling cluster with no GPU node
+    yet, scoring.use_gpu=yes plans GPU actors anyway, and max_actors lets the pool grow."""
+    if min(scoring.num_actors, scoring.cpus_per_actor, scoring.max_actors) < 0:
+        raise ConfigError("scoring.num_actors, cpus_per_actor and max_actors must be 0 (auto) or positive")
     cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
-    if gpus:
-        n = scoring.num_actors or gpus
+    if scoring.use_gpu == "yes" or (scoring.use_gpu == "auto" and gpus):
+        n = scoring.num_actors or max(1, gpus)
         threads = scoring.cpus_per_actor or max(1, min(4, cpus // n))  # tokenisation, host-side work
-        return ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda")
-    n = scoring.num_actors or (max(1, cpus // scoring.cpus_per_actor) if scoring.cpus_per_actor
-                               else min(cpus, MAX_AUTO_CPU_ACTORS))
-    threads = scoring.cpus_per_actor or max(1, cpus // n)
-    if n * threads > cpus:
-        raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
-                          f"the cluster has {cpus}: lower one of them (0 picks automatically)")
-    return ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu")
+        plan = ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda", max_actors=scoring.max_actors)
+    else:
+        n = scoring.num_actors or (max(1, cpus // scoring.cpus_per_actor) if scoring.cpus_per_actor
+                                   else min(cpus, MAX_AUTO_CPU_ACTORS))
+        threads = scoring.cpus_per_actor or max(1, cpus // n)
+        if n * threads > cpus and not scoring.max_actors:
+            raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
+                              f"the cluster has {cpus}: lower one of them (0 picks automatically), or set "
+                              "scoring.max_actors on an autoscaling cluster")
+        plan = ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu", max_actors=scoring.max_actors)
+    if scoring.max_actors and scoring.max_actors < plan.num_actors:
+        raise ConfigError(f"scoring.max_actors={scoring.max_actors} is below the pool's starting size "
+                          f"{plan.num_actors} (scoring.num_actors, or one per GPU)")
+    return plan
 
 
 def _rows_to_map(rows_path: Path, ids: list[str] | None) -> tuple[pa.Array | None, dict]:
@@ -95,7 +108,7 @@ def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: Ac
                         batch_size=None)
     # One block per Ray batch, and at least a few per actor: an actor that is ready first
     # must not take the whole of a small pool while the others are still loading the model.
-    n_blocks = max(4 * plan.num_actors, -(-n_rows // batch_size))
+    n_blocks = max(4 * plan.pool_max, -(-n_rows // batch_size))
     ds = ds.repartition(n_blocks)
     # Read before the actors start: actors that fill every CPU would leave no slot for the read
     # tasks, and the pipeline would wait forever. The text is small next to the model work.
@@ -108,7 +121,8 @@ def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: Ac
         batch_format="pyarrow",
         # One batch at a time per actor: a batch takes seconds to minutes, so fetching the next
         # one costs nothing, and no actor holds a queue that another could be working on.
-        compute=ray.data.ActorPoolStrategy(size=plan.num_actors, max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(min_size=plan.num_actors, max_size=plan.pool_max,
+                                           max_tasks_in_flight_per_actor=1),
         **resources,
     ), counts
 

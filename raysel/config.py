@@ -65,7 +65,13 @@ class ScoringConfig:
     batch_size: int = 256
     # Padded tokens per forward micro-batch (0: 4096 on CPU in bf16, 1024 in fp32, 65536 on GPU).
     tokens_per_forward: int = 0
+    # auto: GPU actors when the cluster has GPUs as the stage starts; yes: GPU actors even before
+    # any node has a GPU (an autoscaling cluster starts GPU nodes for them); no: CPU actors.
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
     num_actors: int = 0  # 0: one per GPU, or enough CPU actors to fill the cluster
+    # Above num_actors: the pool grows to this many actors as nodes join (Ray Data's autoscaling
+    # actor pool; its pending actors are what makes the autoscaler add nodes). 0: a fixed pool.
+    max_actors: int = 0
     cpus_per_actor: int = 0  # torch threads per CPU actor (0: CPUs / actors, see raysel/scoring/stage.py)
     embeddings: bool = True  # pooled hidden states, from the same forward pass
     embedding_layer: int = -1  # hidden-state layer to pool (-1: last)

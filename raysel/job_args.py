@@ -17,7 +17,8 @@ configuration:
   --set SECTION.FIELD=VALUE (VALUE is parsed as YAML: 500, 0.1, true, [a, b]). Sections:
     pool       path, format, *_field, limit
     model      path, max_length
-    scoring    prior_context, dtype, batch_size, num_actors, embeddings, embedding_span
+    scoring    prior_context, dtype, batch_size, use_gpu, num_actors, max_actors, embeddings,
+               embedding_span
     selection  method, k, rounds
     iterit     diversity, features, diversity_decay, ifd_max, dedup_threshold, rescore_pool,
                rescore_factor

@@ -292,6 +292,19 @@ def test_actor_plan_uses_one_gpu_per_actor_or_fills_the_cpus():
         plan_actors(ScoringConfig(num_actors=3, cpus_per_actor=2), {"CPU": 4})
 
 
+def test_actor_plan_on_an_autoscaling_cluster_asks_for_gpus_before_any_node_has_one():
+    from raysel.config import ConfigError
+
+    head_only = {"CPU": 0}  # cluster.yaml's head schedules nothing; no GPU node has started yet
+    assert plan_actors(ScoringConfig(), head_only).device == "cpu"  # auto sees no GPU
+    grow = plan_actors(ScoringConfig(use_gpu="yes", max_actors=16), head_only)
+    assert (grow.num_actors, grow.pool_max, grow.num_gpus, grow.device) == (1, 16, 1, "cuda")
+    assert plan_actors(ScoringConfig(use_gpu="no"), {"CPU": 8, "GPU": 4}).device == "cpu"
+    assert plan_actors(ScoringConfig(), {"CPU": 8, "GPU": 4}).pool_max == 4  # a fixed pool by default
+    with pytest.raises(ConfigError, match="below the pool's starting size"):
+        plan_actors(ScoringConfig(max_actors=2), {"CPU": 8, "GPU": 4})
+
+
 # --- priors, templates and overflow ---------------------------------------------------------------
 
 def _copy_tokenizer(folder, **changes):

@@ -70,6 +70,20 @@ def all_actors_ready(ray_session):
     ctx.wait_for_min_actors_s = before
 
 
+def test_an_autoscaling_actor_pool_scores_every_row_like_in_process_scoring(ray_session, tiny_model_dir,
+                                                                           rows_path, tmp_path):
+    """scoring.max_actors: Ray Data's autoscaling pool (from one actor up to two) gives the same scores."""
+    rows, cfg = make_rows(30), tiny_config(max_actors=2)
+    cfg.scoring.num_actors = 1
+    summary = score_pool(rows_path, tmp_path, str(tiny_model_dir), cfg)
+    expected = in_process(tiny_model_dir, rows, cfg)
+    scores = {s["id"]: s for s in read_scores(tmp_path).to_pylist()}
+    assert sorted(scores) == sorted(expected) and 1 <= summary["actors_used"] <= 2
+    for i, got in scores.items():
+        if got["status"] == "scored":
+            assert got["ifd"] == pytest.approx(expected[i]["ifd"], abs=1e-4)
+
+
 def test_two_actors_score_every_row_like_in_process_scoring(all_actors_ready, tiny_model_dir, rows_path,
                                                             tmp_path):
     rows, cfg = make_rows(30), tiny_config()
