@@ -36,11 +36,7 @@ class ActorPlan:
     num_gpus: int
     threads: int  # torch threads per actor
     device: str  # "cuda" | "cpu"
-    max_actors: int = 0  # the most the pool grows to (0: num_actors, a fixed pool)
-
-    @property
-    def pool_max(self) -> int:
-        return max(self.num_actors, self.max_actors)
+    max_actors: int  # the most the pool grows to (num_actors: a fixed pool)
 
 
 def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
@@ -53,7 +49,8 @@ def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
     if scoring.use_gpu == "yes" or (scoring.use_gpu == "auto" and gpus):
         n = scoring.num_actors or max(1, gpus)
         threads = scoring.cpus_per_actor or max(1, min(4, cpus // n))  # tokenisation, host-side work
-        plan = ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda", max_actors=scoring.max_actors)
+        plan = ActorPlan(n, num_cpus=1, num_gpus=1, threads=threads, device="cuda",
+                         max_actors=max(n, scoring.max_actors))
     else:
         n = scoring.num_actors or (max(1, cpus // scoring.cpus_per_actor) if scoring.cpus_per_actor
                                    else min(cpus, MAX_AUTO_CPU_ACTORS))
@@ -62,7 +59,8 @@ def plan_actors(scoring: ScoringConfig, resources: dict) -> ActorPlan:
             raise ConfigError(f"scoring.num_actors={n} x cpus_per_actor={threads} needs {n * threads} CPUs, "
                               f"the cluster has {cpus}: lower one of them (0 picks automatically), or set "
                               "scoring.max_actors on an autoscaling cluster")
-        plan = ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu", max_actors=scoring.max_actors)
+        plan = ActorPlan(n, num_cpus=threads, num_gpus=0, threads=threads, device="cpu",
+                         max_actors=max(n, scoring.max_actors))
     if scoring.max_actors and scoring.max_actors < plan.num_actors:
         raise ConfigError(f"scoring.max_actors={scoring.max_actors} is below the pool's starting size "
                           f"{plan.num_actors} (scoring.num_actors, or one per GPU)")
@@ -108,7 +106,7 @@ def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: Ac
                         batch_size=None)
     # One block per Ray batch, and at least a few per actor: an actor that is ready first
     # must not take the whole of a small pool while the others are still loading the model.
-    n_blocks = max(4 * plan.pool_max, -(-n_rows // batch_size))
+    n_blocks = max(4 * plan.max_actors, -(-n_rows // batch_size))
     ds = ds.repartition(n_blocks)
     # Read before the actors start: actors that fill every CPU would leave no slot for the read
     # tasks, and the pipeline would wait forever. The text is small next to the model work.
@@ -121,7 +119,7 @@ def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: Ac
         batch_format="pyarrow",
         # One batch at a time per actor: a batch takes seconds to minutes, so fetching the next
         # one costs nothing, and no actor holds a queue that another could be working on.
-        compute=ray.data.ActorPoolStrategy(min_size=plan.num_actors, max_size=plan.pool_max,
+        compute=ray.data.ActorPoolStrategy(min_size=plan.num_actors, max_size=plan.max_actors,
                                            max_tasks_in_flight_per_actor=1),
         **resources,
     ), counts
@@ -138,15 +136,20 @@ def map_to_table(rows_path: str | Path, actor_cls, ctor_kwargs: dict, cfg, colum
     ctor = {**ctor_kwargs, "cfg": cfg, "threads": plan.threads, "device": plan.device}
     ds, counts = map_valid_rows(rows_path, actor_cls, ctor, plan, columns, ids=ids, batch_size=cfg.scoring.batch_size)
     log.info("%s over %d rows: %s", actor_cls.__name__, counts["to_score"], plan)
-    from raysel.progress import Progress
-
-    parts = []
-    with Progress(counts["to_score"], desc or actor_cls.__name__, "rows", terminal_bar=False) as progress:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if ds is not None else []:
-            parts.append(batch)
-            progress.update(batch.num_rows)
+    parts = list(gathered(ds, counts["to_score"], desc or actor_cls.__name__))
     # batches may differ where a column is all null in one of them: unify the types
     return (pa.concat_tables(parts, promote_options="default") if parts else None), counts, plan
+
+
+def gathered(ds, total: int, desc: str):
+    """The pyarrow batches of a mapped dataset (None: nothing mapped) as they reach the driver,
+    counted as progress (raysel.progress) against `total` rows."""
+    from raysel.progress import Progress
+
+    with Progress(total, desc, "rows", terminal_bar=False) as progress:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None) if ds is not None else []:
+            progress.update(batch.num_rows)
+            yield batch
 
 
 def _keep_rows(batch: pa.Table, wanted: pa.Array | None, columns: list[str]) -> pa.Table:

@@ -126,10 +126,7 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from raysel.report import write_report
 
-    try:
-        print(write_report(args.run_dir_path))
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from e
+    print(write_report(args.run_dir_path))
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from raysel.config import UserError
 from raysel.runs import RunDir
 
 REPORT_FILE = "report.md"
@@ -34,7 +35,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.md and its figures; returns the report's path."""
     run = RunDir(run_dir)
     if not run.manifest_path.exists():
-        raise FileNotFoundError(f"{run.path} is not a run directory (no manifest.json)")
+        raise UserError(f"{run.path} is not a run directory (no manifest.json)")
     facts = gather(run)
     figures = run.path / FIGURES_DIR
     figures.mkdir(exist_ok=True)

@@ -298,9 +298,9 @@ def test_actor_plan_on_an_autoscaling_cluster_asks_for_gpus_before_any_node_has_
     head_only = {"CPU": 0}  # cluster.yaml's head schedules nothing; no GPU node has started yet
     assert plan_actors(ScoringConfig(), head_only).device == "cpu"  # auto sees no GPU
     grow = plan_actors(ScoringConfig(use_gpu="yes", max_actors=16), head_only)
-    assert (grow.num_actors, grow.pool_max, grow.num_gpus, grow.device) == (1, 16, 1, "cuda")
+    assert (grow.num_actors, grow.max_actors, grow.num_gpus, grow.device) == (1, 16, 1, "cuda")
     assert plan_actors(ScoringConfig(use_gpu="no"), {"CPU": 8, "GPU": 4}).device == "cpu"
-    assert plan_actors(ScoringConfig(), {"CPU": 8, "GPU": 4}).pool_max == 4  # a fixed pool by default
+    assert plan_actors(ScoringConfig(), {"CPU": 8, "GPU": 4}).max_actors == 4  # a fixed pool by default
     with pytest.raises(ConfigError, match="below the pool's starting size"):
         plan_actors(ScoringConfig(max_actors=2), {"CPU": 8, "GPU": 4})
 

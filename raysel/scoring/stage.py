@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raysel.actor_map import map_valid_rows, plan_actors
+from raysel.actor_map import gathered, map_valid_rows, plan_actors
 from raysel.config import Config
 from raysel.runs import EMBEDDINGS_FILE, SCORES_FILE, write_parquet
 
@@ -186,20 +186,15 @@ def _collect(scored, with_embeddings: bool, total: int) -> tuple[pa.Table, pa.Ta
     many actors did work, the dtypes they scored in and the priors they used."""
     import pyarrow.compute as pc
 
-    from raysel.progress import Progress
-
     score_parts, embedding_parts = [SCORES_SCHEMA.empty_table()], []
     workers, dtypes, priors = set(), set(), set()
-    batches = scored.iter_batches(batch_format="pyarrow", batch_size=None) if scored is not None else []
-    with Progress(total, "scoring", "rows", terminal_bar=False) as progress:
-        for batch in batches:
-            progress.update(batch.num_rows)
-            score_parts.append(batch.select(SCORES_SCHEMA.names))
-            workers.update(pc.unique(batch["scored_by"]).to_pylist())
-            dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
-            priors.update(pc.unique(batch["prior_used"]).to_pylist())
-            if with_embeddings:
-                embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
+    for batch in gathered(scored, total, "scoring"):
+        score_parts.append(batch.select(SCORES_SCHEMA.names))
+        workers.update(pc.unique(batch["scored_by"]).to_pylist())
+        dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
+        priors.update(pc.unique(batch["prior_used"]).to_pylist())
+        if with_embeddings:
+            embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
     scores, embeddings = pa.concat_tables(score_parts).sort_by("id"), None
     if with_embeddings and embedding_parts:
         embeddings = pa.concat_tables(embedding_parts).sort_by("id")
