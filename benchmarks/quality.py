@@ -110,8 +110,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--full-seeds", type=int, default=1, help="run seeds of `full` (default: %(default)s)")
     ap.add_argument("--heldout-per-domain", type=int, default=20, help="held-out rows per domain (<= 50; "
                                                                         "default: %(default)s)")
-    ap.add_argument("--max-new-tokens", type=int, default=48, help="greedy answer length for the accuracy check "
-                                                                   "(default: %(default)s)")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="greedy answer length for the accuracy check: "
+                                                                    "long enough for a worked answer to reach its "
+                                                                    "final number (default: %(default)s)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help="comma-separated, of: " + ", ".join(METHODS) + " (default: %(default)s)")
     ap.add_argument("-q", "--quiet", action="store_true", help="warnings only from the jobs' logs")
