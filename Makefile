@@ -1,7 +1,7 @@
 # The two commands of the README. Each creates the environment when it is missing.
 #   make demo   IterIT on the demo pool with SmolLM2-135M-Instruct (local Ray, CPU is fine)
 #   make test   lint + the test suite (what .ci/run calls)
-#   make reliability   the slow fault-injection cases
+#   make reliability   the slow cases: fault injection, the multi-node cluster
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -9,6 +9,11 @@
     TF-IDF featurisation with Ray Data (responses read from parquet shards, never in the driver),
     then the greedy; the driver's peak memory.
 (c) the embedding greedy (IFD x (1 - max cosine), FAISS variant) on 1,000,000 x 384 float16, k = 50,000.
+(d) the distributed greedy (GreeDi, Ray tasks over shards of 250,000 rows) at 1M, 2M and 4M
+    synthetic responses, k = 50,000: its time and the driver's peak memory at each size, then at 1M
+    its objective and selection against the exact lazy greedy's (run last, in the driver, so that
+    the driver's peak memory before it is GreeDi's). Hashed counts are written by Ray Data, a
+    folder per million rows, once; both greedies start from them.
 The last line is one JSON object with every figure.
 """
 
@@ -156,19 +161,77 @@ def embedding_at_scale(n: int, k: int, dim: int) -> None:
     report("peak_rss_with_embeddings_gb", peak_rss_gb(), "GB")
 
 
+def greedi_at_scale(sizes: list[int], k: int, shard_rows: int, n_features: int, workdir: Path) -> None:
+    from raysel.selection import greedi
+
+    print(f"\n(d) GreeDi at N={sizes}, k={k}, shards of {shard_rows} rows", flush=True)
+    if not start_ray():
+        print("GreeDi needs Ray; skipped", flush=True)
+        return
+    step = 1_000_000 if sizes[-1] >= 1_000_000 else sizes[0]
+    t0 = time.perf_counter()
+    folders = hash_millions(workdir, sizes[-1], step, n_features)
+    report("greedi_hash_s", round(time.perf_counter() - t0, 1), "s")
+    seconds, rss, ratio_at = {}, {}, sizes[0]
+    for n in sizes:
+        ids = np.char.add("s", np.char.zfill(np.arange(n).astype(str), 7))  # fixed width: no objects per row
+        ifd = synthetic.ifd_scores(n, seed=2)
+        ok = ifd < 1.0
+        t0 = time.perf_counter()
+        shards = greedi.plan_shards(greedi.list_pieces(folders[:n // step]), shard_rows)
+        source = greedi.Source("tfidf", greedi.idf_of(shards, n_features), n_features)
+        ranking = greedi.greedi(shards, source, greedi.Lookup.of(ids[ok], ifd[ok]), "iterit", k, greedi.Params(),
+                                shard_rows)
+        seconds[n], rss[n] = round(time.perf_counter() - t0, 1), peak_rss_gb()
+        print(f"  N={n}: {seconds[n]}s, driver peak {rss[n]} GB, {ranking.stats}", flush=True)
+        if n == ratio_at:
+            distributed, lookup, source_at = ranking, greedi.Lookup.of(ids[ok], ifd[ok]), source
+        del ids, ifd, ranking
+    report("greedi_s_by_n", seconds, "s")
+    report("greedi_driver_rss_gb_by_n", rss, "GB")
+    t0 = time.perf_counter()
+    shard = greedi.load_shard([p for f in folders[:ratio_at // step] for p in greedi.list_pieces(f)], source_at, lookup)
+    exact = select("iterit", shard.ifd, k, ids=shard.ids, features=shard.rows, gamma=0.1)
+    report("exact_1m_s", round(time.perf_counter() - t0, 1), "s")
+    report("exact_1m_driver_rss_gb", peak_rss_gb(), "GB")
+    ratio = greedi.objective(distributed.score, k) / greedi.objective(exact.score, k)
+    overlap = len(set(distributed.ids[:k].tolist()) & set(shard.ids[exact.selected].tolist())) / k
+    report("greedi_objective_ratio_1m", round(ratio, 5))
+    report("greedi_overlap_1m", round(overlap, 4))
+    report("greedi_vs_exact_time_1m", round(seconds[ratio_at] / FIGURES["exact_1m_s"], 2), "x")
+
+
+def hash_millions(workdir: Path, n: int, step: int, n_features: int) -> list[Path]:
+    """The synthetic pool's hashed counts, a folder per `step` rows (Ray Data writes them)."""
+    import ray
+
+    from raysel.selection.features import write_hashed_counts
+
+    write_pool(workdir / "pool", n, shard=min(50_000, step))
+    files = sorted((workdir / "pool").glob("*.parquet"))
+    per_step = len(files) * step // n
+    folders = []
+    for i in range(0, len(files), per_step):
+        folders.append(workdir / f"counts-{i // per_step}")
+        write_hashed_counts(ray.data.read_parquet([str(f) for f in files[i:i + per_step]]), folders[-1], n_features)
+    shutil.rmtree(workdir / "pool")
+    return folders
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test in seconds")
     parser.add_argument("--n-features", type=int, default=features.DEFAULT_N_FEATURES,
                         help="hashed buckets (default: the config default, 2**22)")
     parser.add_argument("--no-ray", action="store_true", help="featurise (b) in this process instead of Ray Data")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a, b, c")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a, b, c, d")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     skip = set(args.skip.split(","))
-    sizes = dict(a=(2_000, 100), b=(20_000, 1_000), c=(20_000, 1_000)) if args.quick else \
-        dict(a=(20_000, 1_000), b=(1_000_000, 50_000), c=(1_000_000, 50_000))
+    sizes = dict(a=(2_000, 100), b=(20_000, 1_000), c=(20_000, 1_000), d=([20_000, 40_000, 80_000], 1_000, 5_000)) \
+        if args.quick else dict(a=(20_000, 1_000), b=(1_000_000, 50_000), c=(1_000_000, 50_000),
+                                d=([1_000_000, 2_000_000, 4_000_000], 50_000, 250_000))
     report("quick", args.quick)
     report("n_features", args.n_features)
     workdir = Path(tempfile.mkdtemp(prefix="raysel-bench-"))
@@ -179,6 +242,8 @@ def main() -> None:
             greedy_at_scale(*sizes["b"], args.n_features, workdir, use_ray=not args.no_ray)
         if "c" not in skip:
             embedding_at_scale(*sizes["c"], dim=384)
+        if "d" not in skip:
+            greedi_at_scale(*sizes["d"], args.n_features, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(FIGURES), flush=True)

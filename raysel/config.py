@@ -95,6 +95,11 @@ class SelectionConfig:
     method: Literal["iterit", "daar", "ifd", "ifd_static", "random", "kcenter", "full"] = "iterit"
     k: float = 0.05  # below 1: a fraction of the valid pool (DaaR's select_fraction); 1 or more: a count
     rounds: int = 3
+    # Mixture quotas, honoured by every method: each value of quota_field (a column of rows.parquet,
+    # e.g. source, the input file; or a field of the input records, e.g. domain) takes at most its
+    # quota of each round's k: a share (below 1) or a count; "*" caps every value not named.
+    quota_field: str | None = None
+    quotas: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +116,10 @@ class IterITConfig:
     # top rescore_factor * k of every row ranked on its newest score, re-drawn each round; all = all.
     rescore_pool: Literal["fixed", "rolling", "all"] = "fixed"
     rescore_factor: float = 3.0
+    # The greedy: exact (in the driver) or greedi (distributed over shards of shard_rows candidates,
+    # Ray tasks; docs/scaling.md); auto = greedi when the eligible candidates exceed shard_rows.
+    greedy: Literal["auto", "exact", "greedi"] = "auto"
+    shard_rows: int = 1_000_000
 
 
 @dataclass
@@ -206,7 +215,7 @@ class Config:
 
 POSITIVE = {
     "model.max_length", "scoring.batch_size", "scoring.lm_head_chunk", "selection.k",
-    "iterit.n_features", "selection.rounds", "iterit.rescore_factor",
+    "iterit.n_features", "selection.rounds", "iterit.rescore_factor", "iterit.shard_rows",
     "training.batch_size", "training.gradient_accumulation", "training.epochs",
     "training.num_workers", "training.lora_r", "training.learning_rate", "training.log_every",
     "daar.seeds_per_domain", "daar.synth_max_attempts", "daar.probe_size", "daar.probe_layers",
@@ -310,6 +319,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not valid ({'; '.join(errors)})")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _coerce(f"{key}.{k}", value_tp, v) for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -346,6 +360,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("daar.synth_max_similarity: in (0, 1]; daar.head_val_fraction: in [0, 0.5)")
     if any(s < 0 for s in d.domain_shares) or (d.domain_shares and not sum(d.domain_shares)):
         raise ConfigError(f"daar.domain_shares: non-negative, not all zero, got {d.domain_shares}")
+    q = cfg.selection
+    if q.quotas and not q.quota_field:
+        raise ConfigError("selection.quotas: name the field they divide with selection.quota_field")
+    if any(v <= 0 for v in q.quotas.values()):
+        raise ConfigError(f"selection.quotas: shares and counts must be positive, got {q.quotas}")
     if cfg.pool.limit is not None and cfg.pool.limit <= 0:
         raise ConfigError(f"pool.limit: must be positive, got {cfg.pool.limit}")
 

@@ -148,9 +148,9 @@ def selection_section(f: dict, figures: Path) -> str:
     column, label = SCORE_COLUMN.get(f["method"], DEFAULT_SCORE)
     means = [_means(sel, column) for sel in f["rounds"]]
     scored = any(m[1] is not None for m in means)
-    mixes = mix_by_round(f)
+    mixes, quotas = mix_by_round(f), quota_lines(f)
     if not scored and not mixes:
-        return ""
+        return "\n".join(["## Selection across rounds", "", *quotas]) if quotas else ""
     plt = _pyplot()
     panels = int(scored) + len(mixes)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
@@ -171,7 +171,21 @@ def selection_section(f: dict, figures: Path) -> str:
     for name, mix in mixes.items():
         text += ["", f"{name} mix (% of rows): " + "; ".join(
             f"{bar}: " + ", ".join(f"{k} {100 * v:.0f}" for k, v in shares.items()) for bar, shares in mix.items())]
-    return "\n".join(text)
+    return "\n".join(text + ([""] + quotas if quotas else []))
+
+
+def quota_lines(f: dict) -> list[str]:
+    """The mixture quotas of each round (selection.quota_field): cap, pool rows, rows selected."""
+    field = (f["config"].get("selection") or {}).get("quota_field")
+    rounds = [(r, f["stages"].get(f"select-{r}", {}).get("quotas")) for r in range(len(f["rounds"]))]
+    if not field or not any(q for _, q in rounds):
+        return []
+    lines = [f"Mixture quotas on `{field}` (cap: the most the round's selection may take):", "",
+             "| round | value | cap | pool rows | selected |", "|---|---|---|---|---|"]
+    for r, quotas in rounds:
+        lines += [f"| {r} | {value or '(none)'} | {q['cap']} | {q['pool']} | {q['selected']} |"
+                  for value, q in (quotas or {}).items()]
+    return lines
 
 
 def mix_by_round(f: dict) -> dict[str, dict[str, dict[str, float]]]:

@@ -206,12 +206,12 @@ def atomic_output(final: str | Path):
     os.replace(tmp, final)
 
 
-def write_parquet(table, path: str | Path) -> None:
-    """A pyarrow table to `path`, atomically."""
+def write_parquet(table, path: str | Path, **options) -> None:
+    """A pyarrow table to `path`, atomically (options: pyarrow.parquet.write_table's)."""
     import pyarrow.parquet as pq
 
     with atomic_output(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)
 
 
 @contextlib.contextmanager

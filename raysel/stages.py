@@ -83,7 +83,8 @@ def select_stage(run: RunDir, cfg: Config, r: int, k: int, n_rank: int,
                                cfg.selection.method, cfg.iterit, k=k, n_rank=n_rank, seed=cfg.run.seed + r,
                                candidate_ids=candidate_ids,
                                embeddings=_embeddings(run, cfg, [run.embeddings(r)]),
-                               options=daar_options(cfg.daar) if cfg.selection.method == "daar" else None)
+                               options=daar_options(cfg.daar) if cfg.selection.method == "daar" else None,
+                               mixture=_mixture(cfg))
         return {"k": k, "n_rank": n_rank, **summary}
 
     stats = run.stage(f"select-{r}", compute)
@@ -99,7 +100,7 @@ def rescore_pool_stage(run: RunDir, cfg: Config, r: int, n_rank: int) -> list[st
     def compute():
         embeddings = _embeddings(run, cfg, run.newest("embeddings", r))
         pool = rank_pool(run.rows, run.newest("scores", r), cfg.selection.method, cfg.iterit, n_rank,
-                         seed=cfg.run.seed + r, embeddings=embeddings)
+                         seed=cfg.run.seed + r, embeddings=embeddings, mixture=_mixture(cfg))
         with atomic_output(run.rescore_pool(r)) as tmp:
             tmp.write_text("\n".join(pool) + "\n")
         return {"size": len(pool)}
@@ -141,18 +142,15 @@ def finish_run(run: RunDir) -> None:
         log.exception("the report could not be written; retry with `raysel report %s`", run.path)
 
 
-def _embeddings(run: RunDir, cfg: Config, paths: list):
-    """(ids, matrix) for selectors that need embeddings, else None. Several files (newest
-    first): each row's newest vector."""
+def _mixture(cfg: Config) -> tuple[str, dict] | None:
+    """(quota field, quotas) when the config sets mixture quotas."""
+    return (cfg.selection.quota_field, cfg.selection.quotas) if cfg.selection.quota_field else None
+
+
+def _embeddings(run: RunDir, cfg: Config, paths: list) -> list | None:
+    """The embedding files (newest first) for selectors that need embeddings, else None."""
     from raysel.selection import get_selector, selector_name
 
     if not get_selector(selector_name(cfg.selection.method, cfg.iterit.diversity)).needs_embeddings:
         return None
-    from raysel.scoring import read_embeddings
-    from raysel.selection.stage import newest_first
-
-    parts = [dict(zip(("id", "vector"), read_embeddings(p.parent), strict=True)) for p in paths if p.exists()]
-    if not parts:
-        return None  # the selection stage says what is missing
-    merged = newest_first(parts)
-    return merged["id"], merged["vector"]
+    return [p for p in paths if p.exists()] or None  # none: the selection stage says what is missing

@@ -111,3 +111,23 @@ def test_progress_for_ray_data_passes_stays_quiet_on_a_terminal(monkeypatch, cap
     with Progress(10, "scoring", terminal_bar=False, interval=0) as p:
         p.update(10)
     assert not caplog.records  # Ray Data draws its own bar there
+
+
+def test_the_report_shows_each_rounds_mixture_quotas(tmp_path):
+    from raysel.config import IterITConfig
+    from raysel.selection.stage import select_round
+
+    run = tmp_path / "run"
+    (run / "round-0").mkdir(parents=True)
+    n = 12
+    rows = pa.table({"id": [f"r{i:02d}" for i in range(n)], "status": ["valid"] * n, "reason": [None] * n,
+                     "source": ["web.jsonl", "code.jsonl"] * 6, "response": ["x"] * n,
+                     "raw": [json.dumps({"domain": d}) for d in ["a", "b", "c"] * 4]})
+    pq.write_table(rows, run / "rows.parquet")
+    summary = select_round(run / "rows.parquet", None, run / "round-0", "random", IterITConfig(), k=4, n_rank=4,
+                           seed=0, mixture=("source", {"web.jsonl": 1}))
+    (run / "manifest.json").write_text(json.dumps({"job": "iterit", "stages": {"select-0": summary}}))
+    (run / "config.yaml").write_text("selection:\n  method: random\n  quota_field: source\n  quotas: {web.jsonl: 1}\n")
+    text = write_report(run).read_text()
+    assert "Mixture quotas on `source`" in text
+    assert "| 0 | web.jsonl | 1 | 6 | 1 |" in text and "| 0 | code.jsonl | 4 | 6 | 3 |" in text

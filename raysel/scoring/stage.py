@@ -53,6 +53,9 @@ GPU_TOKENS_PER_FORWARD = 65536
 VOCAB_CHUNK = {"cpu": 2048, "cuda": 16384}
 
 
+EMBEDDING_ROW_GROUP = 65_536  # rows
+
+
 def default_tokens_per_forward(device: str, dtype) -> int:
     if device == "cuda":
         return GPU_TOKENS_PER_FORWARD
@@ -171,7 +174,8 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings, counts["to_score"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if embeddings is not None:
-        write_parquet(embeddings, out_dir / EMBEDDINGS_FILE)
+        # row groups are the distributed greedy's unit of work (selection/greedi.py)
+        write_parquet(embeddings, out_dir / EMBEDDINGS_FILE, row_group_size=EMBEDDING_ROW_GROUP)
     write_parquet(scores, out_dir / SCORES_FILE)  # last: the stage's main output
     status = scores.column("status").to_pylist()
     truncated = scores.column("truncated").to_pylist()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raysel.selection.base import Request, Selection
+from raysel.selection.base import Quota, Request, Selection, apply_quota
 from raysel.selection.baselines import select_full, select_ifd, select_random
 from raysel.selection.daar import select_daar
 from raysel.selection.embedding import select_embedding, select_kcenter
@@ -35,6 +35,7 @@ class Selector:
     scores: tuple[str, ...] = ()  # the score columns it ranks on (IterIT's scoring stage, DaaR's reward stage)
     needs_features: bool = False  # response TF-IDF rows
     needs_embeddings: bool = False  # pooled hidden states, from IterIT's scoring stage
+    greedy: bool = False  # picks depend on the picks before: it consults the quotas pick by pick
 
     @property
     def needs_scoring(self) -> bool:
@@ -43,14 +44,14 @@ class Selector:
 
 
 SELECTORS: dict[str, Selector] = {
-    "iterit": Selector(select_iterit, scores=("ifd",), needs_features=True),
-    "embedding": Selector(select_embedding, scores=("ifd",), needs_embeddings=True),
+    "iterit": Selector(select_iterit, scores=("ifd",), needs_features=True, greedy=True),
+    "embedding": Selector(select_embedding, scores=("ifd",), needs_embeddings=True, greedy=True),
     "daar": Selector(select_daar, scores=("reward", "pseudo_domain")),
     "random": Selector(select_random),
     "ifd": Selector(select_ifd, scores=("ifd",)),  # on each round's scores: IterIT's IFD-only ablation
     "ifd_static": Selector(select_ifd, scores=("ifd",)),  # on the base model's scores, every round
     "full": Selector(select_full),
-    "kcenter": Selector(select_kcenter, needs_embeddings=True),
+    "kcenter": Selector(select_kcenter, needs_embeddings=True, greedy=True),
 }
 
 __all__ = ["SELECTORS", "Request", "Selection", "Selector", "get_selector", "select", "selector_name"]
@@ -70,11 +71,13 @@ def selector_name(method: str, diversity: str = "tfidf") -> str:
 
 def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=None, embeddings=None,
            scores: dict | None = None, gamma: float = 0.1, ifd_max: float = 1.0,
-           dedup_threshold: float | None = None, seed: int = 0, options: dict | None = None) -> Selection:
+           dedup_threshold: float | None = None, seed: int = 0, options: dict | None = None,
+           groups=None, quotas: dict | None = None) -> Selection:
     """Rank samples with the selector `name`; the first k of the ranking (up to n_rank >= k) are selected.
     `scores`: every named score array (aligned with ids) for selectors that rank on more than IFD;
-    `options`: a selector's own settings (daar: mode, shares, domains)."""
-    selector = get_selector(name).rank
+    `options`: a selector's own settings (daar: mode, shares, domains); `groups` and `quotas`:
+    mixture quotas (a label per sample; label -> share of k or count), which every selector honours."""
+    selector = get_selector(name)
     ids = np.asarray(ids, dtype=object)
     ifd = np.full(len(ids), np.nan) if ifd is None else np.asarray(ifd, dtype=np.float64)
     if len(ifd) != len(ids):
@@ -84,10 +87,22 @@ def select(name: str, ifd, k: int, n_rank: int | None = None, *, ids, features=N
     n_rank = max(int(k), int(n_rank if n_rank is not None else k))
     req = Request(ifd=ifd, k=int(k), n_rank=n_rank, ids=ids, features=features, embeddings=embeddings,
                   gamma=gamma, ifd_max=ifd_max, dedup_threshold=dedup_threshold, seed=seed,
-                  scores=dict(scores or {}), options=dict(options or {}))
+                  scores=dict(scores or {}), options=dict(options or {}), groups=groups, quotas=dict(quotas or {}))
     started = time.perf_counter()
-    selection = selector(req)
+    selection = selector.rank(req) if selector.greedy or not quotas else _within_quotas(selector, req)
     selection.stats["seconds"] = round(time.perf_counter() - started, 3)
     log.info("%s: ranked %d, selected %d of %d in %.1fs", name, len(selection.order), selection.k, len(ids),
              selection.stats["seconds"])
     return selection
+
+
+def _within_quotas(selector: Selector, req: Request) -> Selection:
+    """A ranking that does not depend on its own picks, honouring quotas: rank everything, take
+    the first k whose group has room, then cut the ranking to n_rank."""
+    n_rank = req.n_rank
+    req.n_rank = req.n
+    sel = selector.rank(req)
+    sel = apply_quota(sel, Quota.of(req.groups, req.quotas, sel.k))  # k: full's is every row
+    keep = max(sel.k, min(n_rank, len(sel.order)))
+    return Selection(sel.method, sel.order[:keep], sel.k, sel.diversity[:keep], sel.score[:keep], sel.reason,
+                     sel.duplicate_of, sel.stats)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 IFD_AT_OR_ABOVE_MAX = "ifd>=max"
+QUOTA_FULL = "quota full"  # passed over for the selection: its group had reached its quota
 IFD_INVALID = "ifd invalid"  # NaN, infinite or negative: not a ratio of perplexities
 DUPLICATE = "duplicate"
 
@@ -32,10 +33,79 @@ class Request:
     seed: int = 0
     scores: dict = field(default_factory=dict)  # every named score array (ifd, losses, ...), aligned
     options: dict = field(default_factory=dict)  # a selector's own settings
+    groups: np.ndarray | None = None  # (n,) a label per sample (e.g. its source), for quotas
+    quotas: dict = field(default_factory=dict)  # label -> share of k (below 1) or count; "*": any other label
 
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    def quota(self) -> Quota | None:
+        """A fresh Quota for this request's selection, or None without quotas."""
+        return Quota.of(self.groups, self.quotas, self.k) if self.quotas else None
+
+
+class Quota:
+    """Mixture quotas: of the first k picks, at most caps[g] may come from group g. Labels without
+    a quota (and no "*") are not capped. The selectors consult it pick by pick (admits, take); a
+    sample passed over because its group was full is remembered, for its reason."""
+
+    def __init__(self, codes: np.ndarray, labels: list[str], caps: np.ndarray, k: int):
+        self.codes, self.labels, self.caps, self.k = codes, labels, caps, k
+        self.taken = np.zeros(len(labels), dtype=np.int64)
+        self.passed_over: list[int] = []
+
+    @classmethod
+    def of(cls, groups, quotas: dict, k: int) -> Quota:
+        if groups is None:
+            raise ValueError("quotas need groups= (a label per sample)")
+        names = np.asarray(["" if g is None else str(g) for g in groups], dtype=object)
+        labels, codes = np.unique(names, return_inverse=True)
+        caps = np.array([quota_cap(quotas.get(label, quotas.get("*")), k) for label in labels], dtype=np.int64)
+        return cls(codes.astype(np.int64), labels.tolist(), caps, k)
+
+    def admits(self, i: int, step: int) -> bool:
+        """Whether sample i may be pick number `step` (past k, the quotas no longer bind)."""
+        return step >= self.k or self.taken[self.codes[i]] < self.caps[self.codes[i]]
+
+    def take(self, i: int, step: int) -> None:
+        if step < self.k:
+            self.taken[self.codes[i]] += 1
+
+    def pass_over(self, i: int) -> None:
+        self.passed_over.append(int(i))
+
+    def label(self, reason: np.ndarray, selected: np.ndarray) -> np.ndarray:
+        """`reason` with QUOTA_FULL for every sample passed over and not selected in the end."""
+        reason = reason.copy()
+        out = np.setdiff1d(np.asarray(self.passed_over, dtype=np.int64), selected)
+        reason[out] = QUOTA_FULL
+        return reason
+
+
+def quota_cap(quota: float | None, k: int) -> int:
+    """A group's cap among k picks: a share of k (below 1, rounded), a count, or none (k)."""
+    if quota is None:
+        return k
+    return int(round(quota * k)) if quota < 1 else int(quota)
+
+
+def apply_quota(sel: Selection, quota: Quota) -> Selection:
+    """A ranking that did not consult the quotas, re-ordered to honour them: the first k samples
+    in ranking order whose group has room, then the rest of the ranking in order."""
+    accepted, rest = [], []  # positions in sel.order
+    for pos, i in enumerate(sel.order.tolist()):
+        if len(accepted) < sel.k and quota.admits(i, len(accepted)):
+            quota.take(i, len(accepted))
+            accepted.append(pos)
+        else:
+            if len(accepted) < sel.k:
+                quota.pass_over(i)
+            rest.append(pos)
+    at = np.asarray(accepted + rest, dtype=np.int64)
+    order = sel.order[at]
+    return Selection(sel.method, order, len(accepted), sel.diversity[at], sel.score[at],
+                     quota.label(sel.reason, order[:len(accepted)]), sel.duplicate_of, sel.stats)
 
 
 @dataclass

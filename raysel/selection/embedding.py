@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from raysel.progress import Progress
-from raysel.selection.base import DUPLICATE, Request, Selection, ifd_eligibility, no_reasons, tie_ranks
+from raysel.selection.base import DUPLICATE, Quota, Request, Selection, ifd_eligibility, no_reasons, tie_ranks
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,9 @@ def _groups_by_start(since: np.ndarray, n_groups: int = 4) -> list[np.ndarray]:
 
 def lazy_embedding_greedy(q: np.ndarray, weight: np.ndarray, candidates: np.ndarray, tie_rank: np.ndarray,
                           n_rank: int, *, floor: float = 0.0, dedup_threshold: float | None = None,
-                          backend: str | None = None, max_batch: int = 8192):
-    """Rank up to n_rank candidates. q: quantize()d vectors; weight >= 0 (IFD, or 1 for k-center).
+                          backend: str | None = None, max_batch: int = 8192, quota: Quota | None = None):
+    """Rank up to n_rank candidates. q: quantize()d vectors; weight >= 0 (IFD, or 1 for k-center);
+    quota: mixture quotas for the first quota.k picks (as in greedy.lazy_greedy).
 
     Returns (order, D at pick, score at pick, duplicate_of) where duplicate_of holds, per index, the
     position in `order` of the ranked sample it duplicates, or -1.
@@ -186,20 +187,24 @@ def lazy_embedding_greedy(q: np.ndarray, weight: np.ndarray, candidates: np.ndar
     heapq.heapify(heap)
     with one_blas_thread():
         order, gains, scores = _rank(picks, q, weight, heap, n_rank, best, nearest, seen, dedup_threshold,
-                                     max_batch)
+                                     max_batch, quota)
     duplicate_of = np.full(len(q), -1, dtype=np.int64)
     if dedup_threshold is not None:
         duplicate_of = _label_duplicates(picks, q, candidates, order, best, nearest, seen, dedup_threshold)
     return order, gains, scores, duplicate_of
 
 
-def _rank(picks, q, weight, heap, n_rank, best, nearest, seen, dedup_threshold, max_batch):
+def _rank(picks, q, weight, heap, n_rank, best, nearest, seen, dedup_threshold, max_batch, quota):
     """The lazy greedy loop proper (see the module docstring)."""
-    order, gains, scores = [], [], []
+    order, gains, scores, passed_over = [], [], [], []
     evaluations, started = 0, time.perf_counter()
     progress = Progress(n_rank, "embedding greedy", "picks")
-    for step in range(n_rank):
-        batch_size = 1
+    while len(order) < n_rank:
+        step, batch_size = len(order), 1
+        if quota is not None and step == quota.k:  # the quotas bind the selection only
+            for entry in passed_over:
+                heapq.heappush(heap, entry)
+            passed_over = []
         while heap and seen[heap[0][2]] != step:
             # Catching up reads S[seen:] once per batch: rows that are far behind come in bigger batches
             # (a matrix product instead of many vector products); catching up early costs no extra work.
@@ -218,8 +223,14 @@ def _rank(picks, q, weight, heap, n_rank, best, nearest, seen, dedup_threshold, 
                     heapq.heappush(heap, (key, tie, i))
             batch_size = min(2 * batch_size, max_batch)
         if not heap:
-            break  # every remaining candidate duplicates a pick
+            break  # every remaining candidate duplicates a pick (or its group is full)
+        if quota is not None and not quota.admits(heap[0][2], step):
+            quota.pass_over(heap[0][2])
+            passed_over.append(heapq.heappop(heap))
+            continue
         neg_score, _, i = heapq.heappop(heap)
+        if quota is not None:
+            quota.take(i, step)
         order.append(i)
         gains.append(1.0 - float(best[i]))
         scores.append(-neg_score)
@@ -265,17 +276,21 @@ def select_embedding(req: Request) -> Selection:
     q = quantize(needed_embeddings(req, "embedding"))
     eligible, reason = ifd_eligibility(req.ifd, req.ifd_max)
     ifd = np.asarray(req.ifd, dtype=np.float64)
+    quota = req.quota()
     order, gain, score, dup = lazy_embedding_greedy(q, ifd, np.flatnonzero(eligible), tie_ranks(req.ids),
-                                                    req.n_rank, floor=0.0, dedup_threshold=req.dedup_threshold)
-    return _selection("embedding", req, order, gain, score, reason, dup)
+                                                    req.n_rank, floor=0.0, dedup_threshold=req.dedup_threshold,
+                                                    quota=quota)
+    return _selection("embedding", req, order, gain, score, reason, dup, quota)
 
 
 def select_kcenter(req: Request) -> Selection:
     """Farthest-point k-center on the embeddings, every sample a candidate, no IFD; starts at the lowest id."""
     q = quantize(needed_embeddings(req, "kcenter"))
+    quota = req.quota()
     order, gain, score, dup = lazy_embedding_greedy(q, np.ones(req.n), np.arange(req.n), tie_ranks(req.ids),
-                                                    req.n_rank, floor=-1.0, dedup_threshold=req.dedup_threshold)
-    return _selection("kcenter", req, order, gain, score, no_reasons(req.n), dup)
+                                                    req.n_rank, floor=-1.0, dedup_threshold=req.dedup_threshold,
+                                                    quota=quota)
+    return _selection("kcenter", req, order, gain, score, no_reasons(req.n), dup, quota)
 
 
 def needed_embeddings(req: Request, method: str) -> np.ndarray:
@@ -286,8 +301,9 @@ def needed_embeddings(req: Request, method: str) -> np.ndarray:
     return req.embeddings
 
 
-def _selection(method, req, order, gain, score, reason, dup_position) -> Selection:
+def _selection(method, req, order, gain, score, reason, dup_position, quota) -> Selection:
     duplicate_of = np.where(dup_position >= 0, order[np.maximum(dup_position, 0)] if len(order) else -1, -1)
-    reason = reason.copy()
+    k = min(req.k, len(order))
+    reason = quota.label(reason, order[:k]) if quota else reason.copy()
     reason[duplicate_of >= 0] = DUPLICATE
-    return Selection(method, order, min(req.k, len(order)), gain, score, reason, duplicate_of.astype(np.int64))
+    return Selection(method, order, k, gain, score, reason, duplicate_of.astype(np.int64))

@@ -152,17 +152,22 @@ def tfidf(texts: Sequence[str], mode: str = "hashed", n_features: int = DEFAULT_
 # --- Ray Data ----------------------------------------------------------------------------------
 
 
-def _hash_batch(batch, n_features: int, text_column: str, id_column: str, keep: list | None):
-    """map_batches UDF: a pyarrow batch of texts -> one row holding the block's counts and df."""
-    import pyarrow as pa
-
+def _hashed_rows(batch, n_features: int, text_column: str, id_column: str, keep: list | None):
+    """(ids, Block) of a pyarrow batch's texts, only the kept ids when `keep` holds a reference."""
     ids = np.asarray(batch.column(id_column).to_numpy(zero_copy_only=False), dtype=object)
     texts = batch.column(text_column).to_pylist()
     if keep is not None:
         mask = _members(ids, _wanted_ids(keep[0]))
         ids = ids[mask]
         texts = [t for t, m in zip(texts, mask, strict=True) if m]
-    b = hashed_block([t or "" for t in texts], n_features)
+    return ids, hashed_block([t or "" for t in texts], n_features)
+
+
+def _hash_batch(batch, n_features: int, text_column: str, id_column: str, keep: list | None):
+    """map_batches UDF: a pyarrow batch of texts -> one row holding the block's counts and df."""
+    import pyarrow as pa
+
+    ids, b = _hashed_rows(batch, n_features, text_column, id_column, keep)
     return pa.table({
         "ids": pa.array([list(ids)], type=pa.list_(pa.string())),
         "indptr": pa.array([b.indptr], type=pa.list_(pa.int64())),
@@ -171,6 +176,13 @@ def _hash_batch(batch, n_features: int, text_column: str, id_column: str, keep: 
         "df_cols": pa.array([b.df_cols], type=pa.list_(pa.int64())),
         "df_counts": pa.array([b.df_counts], type=pa.list_(pa.int64())),
     })
+
+
+def _keep_ref(keep_ids) -> list | None:
+    """The kept ids, sorted, in the object store once; a list, so that Ray passes the ref as is."""
+    import ray
+
+    return None if keep_ids is None else [ray.put(np.sort(np.asarray(keep_ids, dtype=str)))]
 
 
 _WANTED: dict = {}
@@ -194,6 +206,33 @@ def _members(ids: np.ndarray, wanted_sorted: np.ndarray) -> np.ndarray:
     return (wanted_sorted[pos] == ids) if len(wanted_sorted) else np.zeros(len(ids), bool)
 
 
+def _count_batch(batch, n_features: int, text_column: str, id_column: str, keep: list | None):
+    """map_batches UDF: a pyarrow batch of texts -> one row per (kept) text: id, hashed n-gram
+    columns (sorted, unique), their counts."""
+    import pyarrow as pa
+
+    ids, b = _hashed_rows(batch, n_features, text_column, id_column, keep)
+    offsets = pa.array(b.indptr.astype(np.int32))
+    return pa.table({
+        "id": pa.array(ids.tolist(), type=pa.string()),
+        "indices": pa.ListArray.from_arrays(offsets, pa.array(b.indices, type=pa.int32())),
+        "counts": pa.ListArray.from_arrays(offsets, pa.array(b.data, type=pa.float32())),
+    })
+
+
+def write_hashed_counts(dataset, folder, n_features: int = DEFAULT_N_FEATURES, *, text_column: str = "response",
+                        id_column: str = "id", keep_ids: np.ndarray | None = None,
+                        block_size: int = BLOCK_SIZE) -> None:
+    """Hashed n-gram counts of a Ray dataset's texts, written by Ray Data as Parquet files into
+    `folder` (columns id, indices, counts; one row per text): the distributed greedy's input
+    (greedi.py). Nothing per row passes through the driver. keep_ids: only these rows."""
+    keep = _keep_ref(keep_ids)
+    dataset.select_columns([id_column, text_column]).map_batches(
+        _count_batch, batch_format="pyarrow", batch_size=block_size, zero_copy_batch=True,
+        fn_kwargs={"n_features": n_features, "text_column": text_column, "id_column": id_column, "keep": keep},
+    ).write_parquet(str(folder))
+
+
 def _blocks_from_arrow(table) -> list[Block]:
     """Blocks over one output batch of the Ray Data job: zero-copy views, so the counts are held once
     (in the object store) until assemble() has copied them into the final matrix."""
@@ -214,11 +253,7 @@ def hashed_tfidf_ray(dataset, n_features: int = DEFAULT_N_FEATURES, *, text_colu
 
     keep_ids: only rows with these ids are featurised (and counted in the document frequencies).
     """
-    import ray
-
-    keep = None
-    if keep_ids is not None:
-        keep = [ray.put(np.sort(np.asarray(keep_ids, dtype=str)))]  # a list, so Ray passes the ref as is
+    keep = _keep_ref(keep_ids)
     hashed = dataset.select_columns([id_column, text_column]).map_batches(
         _hash_batch, batch_format="pyarrow", batch_size=block_size, zero_copy_batch=True,
         fn_kwargs={"n_features": n_features, "text_column": text_column, "id_column": id_column, "keep": keep})

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from raysel.progress import Progress
-from raysel.selection.base import Request, Selection, ifd_eligibility, no_duplicates, tie_ranks
+from raysel.selection.base import Quota, Request, Selection, ifd_eligibility, no_duplicates, tie_ranks
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,14 @@ def _segment_sums(data: np.ndarray, cols: np.ndarray, lengths: np.ndarray, decay
 
 
 def lazy_greedy(w: sp.csr_matrix, ifd: np.ndarray, candidates: np.ndarray, tie_rank: np.ndarray,
-                n_rank: int, gamma: float, max_batch: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                n_rank: int, gamma: float, max_batch: int = 512,
+                quota: Quota | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rank up to n_rank candidates by the IterIT greedy. Returns (order, D at pick, score at pick).
 
     w: canonical CSR features (see check_features); ifd: finite and >= 0 for every candidate;
-    tie_rank: a distinct integer per index, lower wins ties (the id order).
+    tie_rank: a distinct integer per index, lower wins ties (the id order). quota: mixture quotas
+    for the first quota.k picks: the best candidate whose group is full is passed over (and comes
+    back for the ranking past k).
 
     Stale rows are re-evaluated in batches (growing from about half what the last pick needed, up to
     max_batch) to spread NumPy's per-call cost; re-evaluating a row early only tightens its bound,
@@ -155,10 +158,15 @@ def lazy_greedy(w: sp.csr_matrix, ifd: np.ndarray, candidates: np.ndarray, tie_r
     picked_score = np.empty(n_rank, dtype=np.float64)
     evaluations, started, last_evaluations = 0, time.perf_counter(), 0
     progress = Progress(n_rank, "iterit greedy", "picks")
-    for step in range(n_rank):
+    passed_over, step = [], 0
+    while step < n_rank:
+        if quota is not None and step == quota.k:  # the quotas bind the selection only
+            for entry in passed_over:
+                heapq.heappush(heap, entry)
+            passed_over = []
         # start near what the last pick needed (neighbouring picks need about as many), then double
         batch_size, evaluations_before = max(1, last_evaluations // 2), evaluations
-        while fresh_at[heap[0][2]] != step:
+        while heap and fresh_at[heap[0][2]] != step:
             stale = []
             while heap and len(stale) < batch_size and fresh_at[heap[0][2]] != step:
                 stale.append(heapq.heappop(heap))
@@ -171,14 +179,22 @@ def lazy_greedy(w: sp.csr_matrix, ifd: np.ndarray, candidates: np.ndarray, tie_r
             evaluations += len(stale)
             batch_size = min(2 * batch_size, max_batch)
         last_evaluations = evaluations - evaluations_before
+        if not heap:
+            break  # every remaining candidate's group is full
+        if quota is not None and not quota.admits(heap[0][2], step):
+            quota.pass_over(heap[0][2])
+            passed_over.append(heapq.heappop(heap))
+            continue
         neg_score, _, i = heapq.heappop(heap)
         order[step], picked_gain[step], picked_score[step] = i, gains[i], -neg_score
         coverage.cover(w.indices[w.indptr[i]:w.indptr[i + 1]])
+        if quota is not None:
+            quota.take(i, step)
+        step += 1
         progress.update()
     progress.close()
-    log.info("iterit greedy: %d picks, %d re-evaluations, %.1fs", n_rank, evaluations,
-             time.perf_counter() - started)
-    return order, picked_gain, picked_score
+    log.info("iterit greedy: %d picks, %d re-evaluations, %.1fs", step, evaluations, time.perf_counter() - started)
+    return order[:step], picked_gain[:step], picked_score[:step]
 
 
 def select_iterit(req: Request) -> Selection:
@@ -190,5 +206,9 @@ def select_iterit(req: Request) -> Selection:
         raise ValueError(f"features has {w.shape[0]} rows but there are {req.n} samples")
     eligible, reason = ifd_eligibility(req.ifd, req.ifd_max)
     ifd = np.asarray(req.ifd, dtype=np.float64)
-    order, gain, score = lazy_greedy(w, ifd, np.flatnonzero(eligible), tie_ranks(req.ids), req.n_rank, req.gamma)
-    return Selection("iterit", order, min(req.k, len(order)), gain, score, reason, no_duplicates(req.n))
+    quota = req.quota()
+    order, gain, score = lazy_greedy(w, ifd, np.flatnonzero(eligible), tie_ranks(req.ids), req.n_rank, req.gamma,
+                                     quota=quota)
+    k = min(req.k, len(order))
+    reason = quota.label(reason, order[:k]) if quota else reason
+    return Selection("iterit", order, k, gain, score, reason, no_duplicates(req.n))

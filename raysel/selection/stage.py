@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from raysel.config import IterITConfig, UserError
 from raysel.runs import SELECTED_FILE, SELECTION_FILE, atomic_output
 from raysel.selection import Selection, get_selector, select, selector_name
-from raysel.selection.base import ifd_eligibility
+from raysel.selection.base import DUPLICATE, QUOTA_FULL, ifd_eligibility, quota_cap
 
 RAY_FEATURIZE_MIN_ROWS = 50_000  # below this, hashed features are computed in the driver
 
@@ -57,33 +57,38 @@ def selection_schema(score_types: dict[str, pa.DataType]) -> pa.Schema:
 
 def select_round(rows_path, scores_path, out_dir, method: str, params: IterITConfig, k: int, n_rank: int,
                  seed: int, candidate_ids=None, embeddings=None, use_ray: bool | None = None,
-                 options: dict | None = None) -> dict:
+                 options: dict | None = None, mixture: tuple[str, dict] | None = None) -> dict:
     """Select k rows (ranking n_rank) and write selection.parquet and selected.jsonl into out_dir.
 
     scores_path: a parquet file or a folder of them (None only for random and full), or a list
     of them, newest first: each row's newest score counts. candidate_ids: the re-score pool
-    (None: every valid row). embeddings: (ids, matrix) for the embedding diversity and kcenter.
+    (None: every valid row). embeddings: for the embedding diversity and kcenter, the round's
+    embedding files, newest first (or an (ids, matrix) pair).
     use_ray: featurise with Ray Data (default: if a session is up). options: the selector's own
-    settings (daar: mode, shares).
-    Returns a summary: counts per reason, mean IFD of the selection and of the pool, timings.
+    settings (daar: mode, shares). mixture: (quota_field, quotas), the mixture quotas every
+    method honours (config.SelectionConfig).
+    Returns a summary: counts per reason (and per quota group), mean IFD of the selection and of
+    the pool, timings.
     """
     started = time.perf_counter()
     r = _rank(rows_path, scores_path, method, params, k, n_rank, seed, candidate_ids, embeddings, use_ray,
-              options)
+              options, mixture)
     table = _selection_table(r.rows, r.scores, r.pool, r.sel)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / SELECTION_FILE) as tmp:
         pq.write_table(table, tmp)
     _write_selected(rows_path, r.pool_ids[r.sel.selected], out_dir / SELECTED_FILE)
-    return _summary(r.name, table, r.pool, r.sel, r.t_features, r.t_select, time.perf_counter() - started)
+    return _summary(r.name, table, r.pool, r.sel, r.t_features, r.t_select, time.perf_counter() - started,
+                    mixture)
 
 
 def rank_pool(rows_path, scores_path, method: str, params: IterITConfig, n_rank: int, seed: int,
-              embeddings=None, use_ray: bool | None = None) -> list[str]:
-    """The n_rank best valid rows, best first, ranked as select_round ranks them; writes nothing.
-    The rolling re-score pool: ranked over every row's newest score (scores_path a list)."""
-    r = _rank(rows_path, scores_path, method, params, n_rank, n_rank, seed, None, embeddings, use_ray, None)
+              embeddings=None, use_ray: bool | None = None, mixture: tuple[str, dict] | None = None) -> list[str]:
+    """The n_rank best valid rows, best first, ranked as select_round ranks them (quotas as shares
+    of n_rank); writes nothing. The rolling re-score pool: ranked over every row's newest score."""
+    r = _rank(rows_path, scores_path, method, params, n_rank, n_rank, seed, None, embeddings, use_ray, None,
+              mixture)
     return r.pool_ids[r.sel.order].tolist()
 
 
@@ -100,12 +105,18 @@ class _Ranking:
 
 
 def _rank(rows_path, scores_path, method: str, cfg: IterITConfig, k, n_rank, seed, candidate_ids, embeddings,
-          use_ray, options) -> _Ranking:
+          use_ray, options, mixture) -> _Ranking:
     name = selector_name(method, cfg.diversity)
     needs = get_selector(name)
     rows = _read_rows(rows_path)
     scores = _read_scores(scores_path, name, needs.scores)
     pool = _pool(rows, scores, candidate_ids)
+    quotas = None
+    if mixture:
+        field, quotas = mixture
+        pool.groups = read_groups(rows_path, field)[pool.index]
+    if _distributed(name, cfg, pool):
+        return _rank_greedi(rows_path, rows, scores, pool, name, cfg, k, n_rank, embeddings, quotas)
     pool_ids = rows["id"][pool.index]
     features, t_features = None, 0.0
     if needs.needs_features:
@@ -117,8 +128,95 @@ def _rank(rows_path, scores_path, method: str, cfg: IterITConfig, k, n_rank, see
     t0 = time.perf_counter()
     sel = select(name, pool.scores.get("ifd"), k, n_rank, ids=pool_ids, features=features, embeddings=vectors,
                  scores=pool.scores, gamma=cfg.diversity_decay, ifd_max=cfg.ifd_max,
-                 dedup_threshold=cfg.dedup_threshold, seed=seed, options=options)
+                 dedup_threshold=cfg.dedup_threshold, seed=seed, options=options, groups=pool.groups, quotas=quotas)
     return _Ranking(name, rows, scores, pool, pool_ids, sel, t_features, time.perf_counter() - t0)
+
+
+def _distributed(name: str, cfg: IterITConfig, pool: _Pool) -> bool:
+    """Whether the distributed greedy (greedi.py) ranks: by option, or past the driver's budget."""
+    if name not in ("iterit", "embedding") or cfg.greedy == "exact":
+        return False
+    return cfg.greedy == "greedi" or int(ifd_eligibility(pool.ifd, cfg.ifd_max)[0].sum()) > cfg.shard_rows
+
+
+def _rank_greedi(rows_path, rows, scores, pool: _Pool, name: str, cfg: IterITConfig, k: int, n_rank: int,
+                 embeddings, quotas: dict | None) -> _Ranking:
+    """The ranking by GreeDi over shards of the candidates' features, which never enter the driver:
+    hashed n-gram counts written by Ray Data next to rows.parquet (removed after), or the embedding
+    files themselves."""
+    import tempfile
+
+    import pandas as pd
+
+    from raysel.selection import greedi
+
+    t0 = time.perf_counter()
+    pool_ids = rows["id"][pool.index]
+    eligible, reason = ifd_eligibility(pool.ifd, cfg.ifd_max)
+    ids, ifd = pool_ids[eligible], pool.ifd[eligible]
+    groups = None if pool.groups is None else pool.groups[eligible]
+    with tempfile.TemporaryDirectory(dir=Path(rows_path).parent, prefix=".features-") as tmp:
+        if name == "iterit":
+            shards, source, lookup = _hashed_shards(rows_path, ids, ifd, groups, cfg, tmp)
+        else:
+            shards, source, lookup = _embedding_shards(embeddings, ids, ifd, groups, cfg)
+        t_features = time.perf_counter() - t0
+        params = greedi.Params(cfg.diversity_decay, cfg.ifd_max, cfg.dedup_threshold, quotas)
+        ranking = greedi.greedi(shards, source, lookup, name, max(k, n_rank), params, cfg.shard_rows, k)
+    at = pd.Index(pool_ids)
+    order = np.asarray(at.get_indexer(ranking.ids), dtype=np.int64)
+    duplicate_of = np.full(len(pool_ids), -1, dtype=np.int64)
+    if ranking.duplicates:
+        dup = np.asarray(at.get_indexer(list(ranking.duplicates)), dtype=np.int64)
+        duplicate_of[dup] = order[np.fromiter(ranking.duplicates.values(), dtype=np.int64)]
+        reason[dup] = DUPLICATE
+    reason[at.get_indexer(ranking.quota_full.tolist())] = QUOTA_FULL
+    sel = Selection(name, order, min(k, len(order)), ranking.diversity, ranking.score, reason, duplicate_of,
+                    dict(ranking.stats))
+    return _Ranking(name, rows, scores, pool, pool_ids, sel, t_features, time.perf_counter() - t0 - t_features)
+
+
+def _hashed_shards(rows_path, ids, ifd, groups, cfg: IterITConfig, folder):
+    """The candidates' hashed n-gram counts, written by Ray Data into `folder`, in shards; their idf."""
+    import ray.data
+
+    from raysel.selection import greedi
+    from raysel.selection.features import BLOCK_SIZE, write_hashed_counts
+
+    if cfg.features != "hashed":
+        raise UserError("the distributed greedy needs iterit.features: hashed (a vocabulary is one machine's work)")
+    # a block is a row group: small enough that shards come out near shard_rows
+    write_hashed_counts(ray.data.read_parquet(str(rows_path)), folder, cfg.n_features, keep_ids=ids,
+                        block_size=min(BLOCK_SIZE, max(1, cfg.shard_rows // 8)))
+    shards = greedi.plan_shards(greedi.list_pieces(folder), cfg.shard_rows)
+    source = greedi.Source("tfidf", greedi.idf_of(shards, cfg.n_features), cfg.n_features)
+    return shards, source, greedi.Lookup.of(ids, ifd, groups=groups)
+
+
+def _embedding_shards(embeddings, ids, ifd, groups, cfg: IterITConfig):
+    """Shards of the embedding files' row groups; each candidate read from its newest file."""
+    from raysel.selection import greedi
+
+    if not isinstance(embeddings, list) or not embeddings:
+        raise UserError("the distributed embedding greedy reads the embedding files: score with "
+                        "scoring.embeddings=true")
+    pieces = [p for i, f in enumerate(embeddings) for p in greedi.list_pieces(f, source=i)]
+    lookup = greedi.Lookup.of(ids, ifd, _newest_file(embeddings, ids), groups)
+    return greedi.plan_shards(pieces, cfg.shard_rows), greedi.Source("embedding"), lookup
+
+
+def _newest_file(files: list[Path], ids: np.ndarray) -> np.ndarray:
+    """Per id, the index of the first (newest) file that holds its embedding (-1: none)."""
+    import pandas as pd
+
+    source = np.full(len(ids), -1, dtype=np.int16)
+    for i in reversed(range(len(files))):  # newer files overwrite older ones
+        held = pq.read_table(files[i], columns=["id"]).column("id").to_pylist()
+        source[pd.Index(ids).isin(held)] = i
+    if (source < 0).any():
+        raise UserError(f"{int((source < 0).sum())} candidate rows have no embedding (e.g. "
+                        f"{ids[source < 0][0]!r}); re-score the round with scoring.embeddings=true")
+    return source
 
 
 def ranked_ids(selection_path) -> tuple[list[str], list[str]]:
@@ -171,6 +269,30 @@ def _read_score_file(scores_path, needed: tuple[str, ...]) -> dict[str, np.ndarr
     return out
 
 
+def read_groups(rows_path, field: str, batch_rows: int = 65_536) -> np.ndarray:
+    """Each row's value of `field` (a label; None where missing): a column of rows.parquet, or a
+    field of the original records, parsed batch by batch from `raw`."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(str(rows_path), format="parquet")
+    if field in dataset.schema.names and field not in ("raw", "prompt"):
+        values = dataset.to_table(columns=[field]).column(field).to_pylist()
+        return np.asarray([None if v is None else str(v) for v in values], dtype=object)
+    out = []
+    for batch in dataset.to_batches(columns=["raw"], batch_size=batch_rows):
+        out += [_field_of(raw, field) for raw in batch.column("raw").to_pylist()]
+    return np.asarray(out, dtype=object)
+
+
+def _field_of(raw: str | None, field: str) -> str | None:
+    try:
+        record = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    value = record.get(field) if isinstance(record, dict) else None
+    return None if value is None or isinstance(value, dict | list) else str(value)
+
+
 def score_columns(scores: dict | None) -> list[str]:
     return [c for c in scores if c not in KEY_COLUMNS] if scores is not None else []
 
@@ -190,6 +312,7 @@ class _Pool:
     def __init__(self, index: np.ndarray, scores: dict[str, np.ndarray], reason: np.ndarray,
                  score_row: np.ndarray):
         self.index, self.scores = index, scores  # scores: named float arrays aligned with index
+        self.groups: np.ndarray | None = None  # quota labels aligned with index (selection.quota_field)
         self.reason = reason  # per row of rows.parquet: why it is not in the pool, or None
         self.score_row = score_row  # per row of rows.parquet: its row in the scores, or -1
 
@@ -200,6 +323,8 @@ class _Pool:
     def reorder(self, order: np.ndarray) -> None:
         self.index = self.index[order]
         self.scores = {c: v[order] for c, v in self.scores.items()}
+        if self.groups is not None:
+            self.groups = self.groups[order]
 
 
 def _pool(rows, scores, candidate_ids) -> _Pool:
@@ -268,14 +393,22 @@ def _features(rows_path, pool_ids: np.ndarray, cfg: IterITConfig, use_ray: bool 
 def _aligned_embeddings(embeddings, pool_ids: np.ndarray) -> np.ndarray:
     import pandas as pd
 
-    if embeddings is None:
+    if not embeddings:
         raise UserError("embedding diversity and kcenter need embeddings: score with scoring.embeddings=true")
-    ids, matrix = embeddings
+    ids, matrix = read_embedding_files(embeddings) if isinstance(embeddings, list) else embeddings
     at = np.asarray(pd.Index(np.asarray(ids, dtype=object)).get_indexer(pool_ids), dtype=np.int64)
     if (at < 0).any():
         raise UserError(f"{int((at < 0).sum())} candidate rows have no embedding (e.g. {pool_ids[at < 0][0]!r}); "
                         "re-score the round with scoring.embeddings=true")
     return matrix[at]
+
+
+def read_embedding_files(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, matrix) from embedding files, newest first: each row's newest vector."""
+    from raysel.scoring import read_embeddings
+
+    merged = newest_first([dict(zip(("id", "vector"), read_embeddings(p.parent), strict=True)) for p in paths])
+    return merged["id"], merged["vector"]
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -328,8 +461,9 @@ def _write_selected(rows_path, selected_ids: np.ndarray, path: Path) -> None:
             out.write(text + "\n")
 
 
-def _summary(name, table: pa.Table, pool: _Pool, sel: Selection, t_features, t_select, t_total) -> dict:
-    """Counts per reason, the mean of each score the selector ranks on (selected against pool), timings."""
+def _summary(name, table: pa.Table, pool: _Pool, sel: Selection, t_features, t_select, t_total, mixture) -> dict:
+    """Counts per reason, the mean of each score the selector ranks on (selected against pool),
+    each quota group's cap, pool and selected rows, timings."""
     reasons = Counter(r.split(":")[0] if r else "selected" for r in table.column("reason").to_pylist())
     means = {}
     for c in ("ifd", *get_selector(name).scores):
@@ -340,8 +474,17 @@ def _summary(name, table: pa.Table, pool: _Pool, sel: Selection, t_features, t_s
         "method": name, "rows": table.num_rows, "pool": len(pool.index), "ranked": len(sel.order),
         "selected": int(sel.k), "reasons": dict(reasons), **means,
         **{k: v for k, v in sel.stats.items() if k != "seconds"},
+        **({"quotas": _quota_summary(pool.groups, sel, mixture[1])} if mixture else {}),
         "featurize_s": round(t_features, 3), "select_s": round(t_select, 3), "total_s": round(t_total, 3),
     }
+
+
+def _quota_summary(groups: np.ndarray, sel: Selection, quotas: dict) -> dict:
+    """Per label of the quota field: its cap of the selection, the pool's rows, the rows selected."""
+    labels = np.asarray(["" if g is None else str(g) for g in groups], dtype=object)
+    pool, picked = Counter(labels.tolist()), Counter(labels[sel.selected].tolist())
+    return {g: {"cap": quota_cap(quotas.get(g, quotas.get("*")), sel.k), "pool": n, "selected": picked[g]}
+            for g, n in sorted(pool.items())}
 
 
 def _mean(x: np.ndarray) -> float | None:

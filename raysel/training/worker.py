@@ -55,6 +55,7 @@ def train_loop(config: dict) -> None:
         "final_loss": step_losses[-1] if step_losses else float("nan"),
         "losses": [round(x, 5) for x in step_losses],  # per optimizer step: the report's loss curve
         "train_seconds": time.perf_counter() - started,
+        "worker_nodes": worker_nodes(),  # Ray node id of each rank: where the round ran
     }
     started = time.perf_counter()
     _save_and_report(engine, tokenizer, config, metrics, rank)
@@ -158,6 +159,16 @@ def optimizer_step(engine) -> int:
     """Adam's own step count (its state, not the engine's counter): shows the optimizer state carried over."""
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps the torch optimizer
     return max((int(s["step"]) for s in inner.state.values() if "step" in s), default=0)
+
+
+def worker_nodes() -> list[str]:
+    """Every rank's Ray node id, in rank order (gathered over the workers' process group)."""
+    import ray
+    import torch.distributed as dist
+
+    nodes = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    return nodes
 
 
 def trainable_norm(engine) -> float:
