@@ -173,6 +173,9 @@ class TrainingConfig:
     log_every: int = 10  # optimizer steps between training loss log lines (training.py)
     cpus_per_worker: int = 0  # CPUs (torch threads) per training worker; 0: CPU training splits the
     #                           cluster's CPUs among the workers, GPU training asks for a GPU only (training.py)
+    # Worker failures a round survives (a spot node taken back, a killed process): Ray Train starts
+    # the workers again and the round starts over from the previous round's state.
+    max_failures: int = 3
 
 
 @dataclass
@@ -360,6 +363,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("daar.synth_max_similarity: in (0, 1]; daar.head_val_fraction: in [0, 0.5)")
     if any(s < 0 for s in d.domain_shares) or (d.domain_shares and not sum(d.domain_shares)):
         raise ConfigError(f"daar.domain_shares: non-negative, not all zero, got {d.domain_shares}")
+    if cfg.training.max_failures < 0:
+        raise ConfigError(f"training.max_failures: 0 or more, got {cfg.training.max_failures}")
     q = cfg.selection
     if q.quotas and not q.quota_field:
         raise ConfigError("selection.quotas: name the field they divide with selection.quota_field")

@@ -38,6 +38,28 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def check_model_path(path: str) -> None:
+    """A clear error before any work starts when model.path names no model."""
+    from raysel.config import UserError
+
+    if path in ("demo", "tiny"):
+        return
+    p = Path(path)
+    if p.exists():
+        if (p.is_file() and p.suffix == ".gguf") or (p / "config.json").exists() or (p / "adapter_config.json").exists():
+            return
+        raise UserError(f"model.path {path} is not a model: a Hugging Face model folder holds a config.json, "
+                        "a LoRA adapter an adapter_config.json")
+    if path.count("/") == 1 and not path.startswith((".", "~")):  # a hub id, from the local cache only
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return
+        raise UserError(f"model.path {path} is not a folder, nor in the local Hugging Face cache; raysel "
+                        "never downloads weights: fetch them first (huggingface-cli download)")
+    raise UserError(f"model.path {path} does not exist")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

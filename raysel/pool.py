@@ -93,6 +93,12 @@ def _chat_turns(messages):
         return "field 'messages' is not a non-empty list of {role, content} strings"
     if messages[-1]["role"] != "assistant":
         return "last message is not from the assistant"
+    roles = [m["role"] for m in messages]
+    body = roles[1:] if roles[0] == "system" else roles
+    if not body or any(r not in ("user", "assistant") for r in body) or body[0] != "user" or any(
+            a == b for a, b in zip(body, body[1:], strict=False)):
+        return ("messages are not an optional system turn, then user and assistant turns in turn "
+                f"(roles: {', '.join(roles[:8])}{', ...' if len(roles) > 8 else ''})")
     turns = [{"role": m["role"], "content": m["content"]} for m in messages]
     return turns[:-1], None, turns[-1]["content"]
 

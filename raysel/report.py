@@ -205,7 +205,8 @@ def mix_by_round(f: dict) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def training_section(f: dict, figures: Path) -> str:
-    train = [(int(name.split("-")[1]), st) for name, st in f["stages"].items() if name.startswith("train-")]
+    train = [(int(name.split("-")[1]), st) for name, st in f["stages"].items()
+             if name.startswith("train-") and st.get("status") != "running"]
     if not train:
         return "## Training\n\nNo round has finished training."
     plt = _pyplot()

@@ -3,8 +3,11 @@
     config.yaml, manifest.json, rows.parquet, round-R/{scores,embeddings,selection}.parquet, ...
 
 Each stage writes its output under a temporary name, renames it when complete, then
-leaves a completion marker (`.done/<stage>.json`, with its stats): `RunDir.stage` does
-the marking. `--resume` trusts markers, never the mere existence of a file.
+leaves a completion marker (`.done/<stage>.json`, with its stats and the size of every file
+the stage wrote): `RunDir.stage` does the marking. `--resume` trusts markers, never the mere
+existence of a file, and a marker only while what it vouches for is there at the size it
+recorded: a deleted or truncated output makes its stage run again. Temporary files a killed
+run left behind are removed when it resumes.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class RunDir:
             raise FileExistsError(f"run directory {run.path} is not empty: pass --resume to continue it, "
                                   "or choose another --run-dir")
         run.markers.mkdir(parents=True, exist_ok=True)
+        if resume:
+            run.remove_temporary()
         saved = run.path / "config.yaml"
         if saved.exists():
             run.config_changes = result_changes(load_config(saved), cfg)
@@ -137,41 +142,89 @@ class RunDir:
     # --- stages --------------------------------------------------------------------------------
 
     def stage(self, name: str, compute, force: bool = False) -> dict:
-        """Run `compute()` once behind the marker `name`: skipped when marked (unless `force`),
-        timed, then marked with the stats it returns. `compute` writes its outputs atomically
-        (atomic_output), so a marked stage's outputs are complete."""
+        """Run `compute()` once behind the marker `name`: skipped when marked and intact (unless
+        `force`), timed, then marked with the stats it returns and the files it wrote. `compute`
+        writes its outputs atomically (atomic_output), so a marked stage's outputs are complete."""
         if self.is_done(name) and not force:
             return self.stats(name)
         self.forget(name)
+        before = self.files()
+        self._set_stage(name, {"status": "running", "started": datetime.now().isoformat(timespec="seconds")})
         with timed() as seconds:
             stats = compute()
-        self.mark_done(name, seconds(), stats)
+        self.mark_done(name, seconds(), stats, outputs=written_since(before, self.files()))
         return self.stats(name)
 
     # --- completion markers -------------------------------------------------------------
 
     def is_done(self, stage: str) -> bool:
-        return (self.markers / f"{stage}.json").exists()
+        """Marked, and every file the marker vouches for is there at the size it recorded."""
+        marker = self.markers / f"{stage}.json"
+        if not marker.exists():
+            return False
+        for rel, size in json.loads(marker.read_text()).get(OUTPUTS, {}).items():
+            path = self.path / rel
+            found = path.stat().st_size if path.is_file() else None
+            if found != size:
+                log.warning("stage %s: its output %s is %s (the marker recorded %d bytes); running the stage "
+                            "again", stage, rel, "missing" if found is None else f"{found} bytes", size)
+                self.forget(stage)
+                return False
+        return True
 
     def stats(self, stage: str) -> dict:
-        return json.loads((self.markers / f"{stage}.json").read_text())
+        record = json.loads((self.markers / f"{stage}.json").read_text())
+        record.pop(OUTPUTS, None)
+        return record
 
-    def mark_done(self, stage: str, seconds: float, stats: dict | None = None) -> None:
-        """Record a stage as complete, with its stats and its wall time (`seconds` wins)."""
+    def mark_done(self, stage: str, seconds: float, stats: dict | None = None, outputs: dict | None = None) -> None:
+        """Record a stage as complete, with its stats, its wall time (`seconds` wins) and the
+        size of each file it wrote (`outputs`: path relative to the run directory -> bytes)."""
         self.markers.mkdir(parents=True, exist_ok=True)
         stats = stats or {}
         if self.config_changes:  # a stage run by hand with other settings says so
             stats = {**stats, "config_differs": {k: new for k, (_, new) in self.config_changes.items()}}
         record = {**stats, "seconds": round(seconds, 3)}
-        _atomic_write_text(self.markers / f"{stage}.json", json.dumps(record, indent=2))
-        manifest = self.read_manifest()
-        manifest.setdefault("stages", {})[stage] = {"status": "done", **record}
-        self.write_manifest(manifest)
+        _atomic_write_text(self.markers / f"{stage}.json", json.dumps({**record, OUTPUTS: outputs or {}}, indent=2))
+        self._set_stage(stage, {"status": "done", **record})
         log.info("stage %s done in %.1fs %s", stage, seconds, stats or "")
+
+    def _set_stage(self, stage: str, record: dict) -> None:
+        """The manifest's view of a stage: running (since when), or done (its stats)."""
+        manifest = self.read_manifest()
+        manifest.setdefault("stages", {})[stage] = record
+        self.write_manifest(manifest)
 
     def forget(self, stage: str) -> None:
         """Drop a stage's marker so that it runs again."""
         (self.markers / f"{stage}.json").unlink(missing_ok=True)
+
+    def files(self) -> dict[str, tuple[int, int]]:
+        """Every file of the run (relative path -> (size, mtime in ns)) but the bookkeeping:
+        the markers, the manifest, the report, temporary files."""
+        out = {}
+        for root, dirs, names in os.walk(self.path):
+            dirs[:] = [d for d in dirs if not (Path(root) == self.path and d in BOOKKEEPING) and not _is_temp(d)]
+            for name in names:
+                path = Path(root) / name
+                rel = path.relative_to(self.path).as_posix()
+                if rel not in BOOKKEEPING and not _is_temp(name):
+                    st = path.stat()
+                    out[rel] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def remove_temporary(self) -> list[str]:
+        """Remove what a killed run left half-written (temporary files and folders); their names."""
+        found = []
+        for root, dirs, names in os.walk(self.path):
+            for name in [*dirs, *names]:
+                if _is_temp(name):
+                    found.append((Path(root) / name).relative_to(self.path).as_posix())
+                    _remove(Path(root) / name)
+            dirs[:] = [d for d in dirs if not _is_temp(d)]
+        if found:
+            log.warning("removed %d temporary file(s) a stopped run left: %s", len(found), ", ".join(found[:5]))
+        return found
 
     # --- manifest -----------------------------------------------------------------------
 
@@ -185,6 +238,21 @@ class RunDir:
         manifest = self.read_manifest()
         manifest.update(fields)
         self.write_manifest(manifest)
+
+
+OUTPUTS = "outputs"  # a marker's record of the files its stage wrote
+BOOKKEEPING = {".done", "manifest.json", "report.md", "report", "config.yaml"}
+TEMP_PREFIXES = (".features-", ".eval-input")  # the distributed greedy's counts; eval's input
+
+
+def _is_temp(name: str) -> bool:
+    """atomic_output's `.<name>.tmp-<pid>`, an embedding part's `.<hash>.tmp`, the prefixes above."""
+    return name.startswith(".") and (".tmp" in name or name.startswith(TEMP_PREFIXES))
+
+
+def written_since(before: dict, after: dict) -> dict[str, int]:
+    """The files that are new or changed between two RunDir.files() listings: path -> size."""
+    return {rel: size for rel, (size, mtime) in after.items() if before.get(rel) != (size, mtime)}
 
 
 def _describe(changes: dict) -> str:

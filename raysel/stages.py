@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def open_run(cfg: Config, job: str, resume: bool = False, reuse: bool = False) -> RunDir:
+    """The run directory, once the model path is known to hold a model (a mistake there is found
+    before any work, not in a scoring actor's traceback)."""
+    from raysel.models import check_model_path
+
+    check_model_path(cfg.model.path)
     return RunDir.create(cfg, job, resume=resume, reuse=reuse)
 
 

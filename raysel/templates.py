@@ -21,6 +21,11 @@ DEFAULT_TEMPLATE = (
     "{% if add_generation_prompt %}### Response:\n{% endif %}"
 )
 
+# A text past max_length * this many characters cannot reach the first max_length tokens (tokens
+# average a few characters), so it is cut there before tokenising: a 10 MB line would otherwise
+# cost a 10 MB tokenisation to keep 256 tokens.
+MAX_CHARS_PER_TOKEN = 64
+
 # Stands in for the answer while rendering, to learn where the template puts it.
 _SENTINEL = "\ue000RAYSEL_ANSWER\ue001"
 
@@ -49,6 +54,7 @@ def render(tokenizer, prompt: list[dict], response: str, max_length: int) -> Ren
     the template writes after the turn. An empty `prompt` gives the prior text of IFD.
     """
     ensure_chat_template(tokenizer)
+    prompt, response = clip_turns(prompt, max_length), clip(response, max_length)
     turns = [*prompt, {"role": "assistant", "content": response}]
     text = tokenizer.apply_chat_template(turns, tokenize=False)
     probe = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": _SENTINEL}], tokenize=False)
@@ -67,8 +73,17 @@ def render_plain(tokenizer, response: str, max_length: int) -> Rendered:
     scored). The span is the whole answer, its own trailing whitespace included (as in `render`,
     where the end-of-turn token follows it)."""
     start = prior_start_token(tokenizer)
-    ids = [start, *tokenizer(response, add_special_tokens=False)["input_ids"]][:max_length]
+    ids = [start, *tokenizer(clip(response, max_length), add_special_tokens=False)["input_ids"]][:max_length]
     return Rendered(ids, min(1, len(ids)), len(ids)) if response else Rendered(ids, 0, 0)
+
+
+def clip(text: str, max_length: int) -> str:
+    """`text` without what cannot reach the first max_length tokens (see MAX_CHARS_PER_TOKEN)."""
+    return text[: max_length * MAX_CHARS_PER_TOKEN]
+
+
+def clip_turns(turns: list[dict], max_length: int) -> list[dict]:
+    return [{**t, "content": clip(t["content"], max_length)} for t in turns]
 
 
 def prior_start_token(tokenizer) -> int:

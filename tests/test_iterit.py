@@ -63,6 +63,10 @@ def test_two_rounds_leave_every_artifact(uninterrupted):
         assert f"round {r}: selected 20" in stdout
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["finished"] and manifest["stages"]["train-1"]["status"] == "done"
+    from raysel.runs import RunDir
+
+    done = RunDir(run_dir)  # every marker still vouches for its files: a resume would redo nothing
+    assert all(done.is_done(stage) for stage in manifest["stages"])
 
 
 def test_the_finished_run_writes_its_report(uninterrupted):

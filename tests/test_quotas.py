@@ -52,15 +52,19 @@ GROUPS = st.sampled_from(["a", "b", "c", None])
 QUOTAS = st.sampled_from([{"a": 0.5}, {"a": 1, "b": 1}, {"*": 0.34}, {"a": 0.25, "*": 2}, {"b": 0.99, "c": 3}])
 
 
+def draw_case(data, n: int):
+    """A group per sample (None: no label), the same labels as the quotas see them, k and n_rank."""
+    groups = np.array(data.draw(st.lists(GROUPS, min_size=n, max_size=n)), dtype=object)
+    k = data.draw(st.integers(1, n))
+    return groups, np.array(["" if g is None else g for g in groups], dtype=object), k, data.draw(st.integers(k, n))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pool=pools(), quotas=QUOTAS, data=st.data())
 def test_lazy_iterit_within_quotas_equals_the_naive_loop(pool, quotas, data):
     w, ifd, ids = pool
-    groups = np.array(data.draw(st.lists(GROUPS, min_size=len(ids), max_size=len(ids))), dtype=object)
-    k = data.draw(st.integers(1, len(ids)))
-    n_rank = data.draw(st.integers(k, len(ids)))
+    groups, labels, k, n_rank = draw_case(data, len(ids))
     sel = select("iterit", ifd, k, n_rank, ids=ids, features=w, gamma=0.1, groups=groups, quotas=quotas)
-    labels = np.array(["" if g is None else g for g in groups], dtype=object)
     assert sel.order.tolist() == naive_iterit_within(w, ifd, ids, k, n_rank, 0.1, caps_admit(labels, quotas, k))
     assert set(np.flatnonzero(sel.reason == QUOTA_FULL)).isdisjoint(sel.selected.tolist())
 
@@ -69,11 +73,8 @@ def test_lazy_iterit_within_quotas_equals_the_naive_loop(pool, quotas, data):
 @given(pool=embedding_pools(), quotas=QUOTAS, data=st.data())
 def test_lazy_embedding_within_quotas_equals_the_naive_loop(pool, quotas, data):
     x, ifd, ids = pool
-    groups = np.array(data.draw(st.lists(GROUPS, min_size=len(ids), max_size=len(ids))), dtype=object)
-    k = data.draw(st.integers(1, len(ids)))
-    n_rank = data.draw(st.integers(k, len(ids)))
+    groups, labels, k, n_rank = draw_case(data, len(ids))
     sel = select("embedding", ifd, k, n_rank, ids=ids, embeddings=x, groups=groups, quotas=quotas)
-    labels = np.array(["" if g is None else g for g in groups], dtype=object)
     admits = caps_admit(labels, quotas, k)
     q, scale = emb.quantize(x), emb.similarity_scale(x.shape[1])
     eligible = [i for i in range(len(ids)) if np.isfinite(ifd[i]) and ifd[i] < 1.0]

@@ -185,6 +185,23 @@ def test_truncation_scores_the_surviving_answer_tokens_in_both_texts(tiny_model_
     assert len(e.prior_ids) == e.prior_start + 7
 
 
+@pytest.mark.parametrize("prior_context", ["template", "plain"])
+def test_cutting_long_texts_before_tokenising_changes_nothing_scored(tiny_model_dir, monkeypatch, prior_context):
+    from raysel import templates
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    samples = [([{"role": "user", "content": "Say it. " * 3000}], "fine"),  # the prompt fills max_length
+               ([{"role": "user", "content": "Repeat."}], "a b c d " * 5000),  # a long answer, truncated
+               ([{"role": "user", "content": "Q"}], "z" * 60_000)]  # one very long word
+    clipped = [encode_sample(tokenizer, p, r, 64, prior_context) for p, r in samples]
+    assert len(templates.clip(samples[1][1], 64)) == 64 * templates.MAX_CHARS_PER_TOKEN < len(samples[1][1])
+    monkeypatch.setattr(templates, "MAX_CHARS_PER_TOKEN", 10**9)  # the oracle: every text tokenised whole
+    whole = [encode_sample(tokenizer, p, r, 64, prior_context) for p, r in samples]
+    assert clipped[1:] == whole[1:]
+    # the unscorable one: the same reason and tokens (where its answer would start is past the cut)
+    assert (clipped[0].reason, clipped[0].n_answer, clipped[0].cond_ids) == (whole[0].reason, 0, whole[0].cond_ids)
+
+
 def test_no_answer_token_left_is_invalid_with_a_reason_not_nan(tiny_model_dir):
     model, tokenizer = load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
     long_prompt = [{"role": "user", "content": "The quick brown fox. " * 40}]

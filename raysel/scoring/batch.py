@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from raysel.templates import render, render_plain
+from raysel.templates import clip, clip_turns, render, render_plain
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ def encode_sample(tokenizer, prompt: list[dict], response: str, max_length: int,
 
     The plain prior (the bare answer) has no end-of-turn token, so there n also stops before
     the conditioned text's end-of-turn: both texts score the answer text only, as Cherry-LLM does."""
+    # cut what cannot reach max_length tokens first; the texts are then rendered in full
+    prompt, response = clip_turns(prompt, max_length), clip(response, max_length)
     cond = render(tokenizer, prompt, response, _NO_LIMIT)
     if prior_context == "template":
         prior = render(tokenizer, [], response, _NO_LIMIT)
@@ -94,7 +96,7 @@ def encode_sample(tokenizer, prompt: list[dict], response: str, max_length: int,
     if cond.answer_end <= cond_start or prior.answer_end <= prior_start:
         reason = EMPTY_ANSWER
     elif n == 0:
-        reason = f"no answer token within max_length={max_length} (the prompt takes {cond_start} tokens)"
+        reason = f"no answer token within max_length={max_length}: the prompt fills it"
     truncated = n > 0 and max(cond.answer_end, prior.answer_end) > max_length
     return Encoded(cond_ids=cond.input_ids[:max_length], cond_start=cond_start,
                    prior_ids=prior.input_ids[: prior_start + n], prior_start=prior_start,

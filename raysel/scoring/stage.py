@@ -9,8 +9,11 @@ base) and scores a Ray batch of `scoring.batch_size` samples at a time with `Bat
 Outputs, each written atomically:
 
     scores.parquet       id, status ("scored" | "invalid"), reason, l_cond, l_prior, ifd,
-                         n_answer_tokens, truncated; one row per scored sample, sorted by id
-    embeddings.parquet   id, embedding (fixed_size_list<float16>[hidden]); scored rows only, sorted by id
+                         n_answer_tokens, truncated; one row per scored sample, sorted by id.
+                         Gathered and written by the driver: ids and scores, a few numbers a row.
+    embeddings.parquet/  a folder: id, embedding (fixed_size_list<float16>[hidden]) of the scored
+                         rows, one part per batch, written by the actor that scored it (the
+                         vectors never pass through the driver); read_embeddings sorts them by id
 
 Rows that ingestion marked invalid are not scored; the summary counts them.
 """
@@ -38,22 +41,15 @@ SCORES_SCHEMA = pa.schema([
 ])
 
 # Forward micro-batch sizes, in padded tokens. On CPU a few thousand tokens amortise the
-# per-op overhead of eager PyTorch; much more spills the activations out of cache. One thread,
-# SmolLM2, demo samples. bf16 on a quiet 2-core AMX Xeon (150 samples): 512 -> 589, 1024 -> 832,
-# 4096 -> 914, 8192 -> 892, 16384 -> 744 tokens/s; two such actors side by side: 512 -> 745,
-# 4096 -> 880 each. fp32 on a 2-core AVX2 EPYC, where matmuls are slower and op overhead matters
-# less (50 samples, 3 alternating passes): 512 -> 193, 1024 -> 189, 4096 -> 178 tokens/s.
-# On GPU bigger batches keep the device busy.
+# per-op overhead of eager PyTorch; much more spills the activations out of cache (bf16 peaks
+# near 4096, fp32, with slower matmuls, near 1024: `benchmarks/scoring.py --tokens-per-forward`
+# measures it on a machine). On GPU bigger batches keep the device busy.
 CPU_TOKENS_PER_FORWARD = {"bfloat16": 4096, "float32": 1024}
 GPU_TOKENS_PER_FORWARD = 65536
-# LM-head logits a vocabulary slice at a time. On CPU a [positions, 2048] slice stays in cache:
-# SmolLM2's head and cross-entropy at 615 positions (fp32, one thread, 2-core AVX-512 Xeon) took
-# 289-352 ms in 2048-id slices against 374-436 ms for the whole 49152 ids at once (5 runs each).
-# On GPU (not measured) bigger slices keep the matmuls big and still bound the logits' memory.
+# LM-head logits a vocabulary slice at a time. On CPU a [positions, 2048] slice stays in cache
+# and beats the whole vocabulary at once (`benchmarks/scoring.py --vocab-chunk`); on GPU bigger
+# slices keep the matmuls big and still bound the logits' memory.
 VOCAB_CHUNK = {"cpu": 2048, "cuda": 16384}
-
-
-EMBEDDING_ROW_GROUP = 65_536  # rows
 
 
 def default_tokens_per_forward(device: str, dtype) -> int:
@@ -103,9 +99,10 @@ def load_for_inference(model_path: str, cfg: Config, threads: int, device: str):
 class Scorer:
     """What `map_batches` calls: rows (id, prompt, response) in, score rows (+ embedding) out."""
 
-    def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
+    def __init__(self, model_path: str, cfg: Config, threads: int, device: str, embeddings_dir: str | None = None):
         from raysel.scoring.batch import BatchScorer
 
+        self.embeddings_dir = embeddings_dir
         model, tokenizer, dtype = load_for_inference(model_path, cfg, threads, device)
         s = cfg.scoring
         budget = s.tokens_per_forward or default_tokens_per_forward(device, dtype)
@@ -121,6 +118,9 @@ class Scorer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         table = score_table(self.scorer, batch)
+        if self.embeddings_dir is not None:  # the vectors go to storage from here, not to the driver
+            write_embedding_part(table, Path(self.embeddings_dir))
+            table = table.drop_columns(["embedding"])
         table = table.append_column("scored_by", pa.array([os.getpid()] * table.num_rows, pa.int64()))
         table = table.append_column("prior_used", pa.array([self.prior] * table.num_rows, pa.string()))
         return table.append_column("scored_in", pa.array([self.dtype] * table.num_rows, pa.string()))
@@ -147,6 +147,23 @@ def score_table(scorer, rows: pa.Table) -> pa.Table:
     return table
 
 
+def write_embedding_part(table: pa.Table, folder: Path) -> None:
+    """The scored rows' embeddings of one batch as a Parquet file in `folder`, named by a hash of
+    its ids: a batch that Ray Data retries after a failure overwrites its own file."""
+    import hashlib
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    scored = table.filter(pc.equal(table["status"], "scored")).select(["id", "embedding"])
+    if not scored.num_rows:
+        return
+    name = hashlib.sha1("\n".join(scored["id"].to_pylist()).encode()).hexdigest()[:20]
+    tmp = folder / f".{name}.tmp"  # hidden until complete: Parquet readers skip dot files
+    pq.write_table(scored, tmp)
+    os.replace(tmp, folder / f"part-{name}.parquet")
+
+
 def _embedding_column(results, width: int) -> pa.FixedSizeListArray:
     """float16 vectors; zeros for invalid samples (they are dropped before writing). Values are
     clipped to float16's range: a few hidden-state dimensions of big models can be huge."""
@@ -166,17 +183,15 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     import ray
 
     rows_path, out_dir = Path(rows_path).resolve(), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_actors(cfg.scoring, ray.cluster_resources())
-    ctor = {"model_path": str(model_path), "cfg": cfg, "threads": plan.threads, "device": plan.device}
+    ctor = {"model_path": str(model_path), "cfg": cfg, "threads": plan.threads, "device": plan.device,
+            "embeddings_dir": _fresh_folder(out_dir / EMBEDDINGS_FILE) if cfg.scoring.embeddings else None}
     scored, counts = map_valid_rows(rows_path, Scorer, ctor, plan, ["id", "prompt", "response"], ids=ids,
                                     batch_size=cfg.scoring.batch_size)
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
-    scores, embeddings, workers, dtypes, priors = _collect(scored, cfg.scoring.embeddings, counts["to_score"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if embeddings is not None:
-        # row groups are the distributed greedy's unit of work (selection/greedi.py)
-        write_parquet(embeddings, out_dir / EMBEDDINGS_FILE, row_group_size=EMBEDDING_ROW_GROUP)
-    write_parquet(scores, out_dir / SCORES_FILE)  # last: the stage's main output
+    scores, workers, dtypes, priors = _collect(scored, counts["to_score"])
+    write_parquet(scores, out_dir / SCORES_FILE)  # ids and scores only: the embeddings are written by the actors
     status = scores.column("status").to_pylist()
     truncated = scores.column("truncated").to_pylist()
     return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
@@ -185,27 +200,28 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
             "dtype": ",".join(sorted(dtypes)) or None, "prior_context": "; ".join(sorted(priors)) or None}
 
 
-def _collect(scored, with_embeddings: bool, total: int) -> tuple[pa.Table, pa.Table | None, int, set[str], set[str]]:
-    """Stream the results into the driver: the score columns, the scored rows' embeddings, how
-    many actors did work, the dtypes they scored in and the priors they used."""
+def _fresh_folder(path: Path) -> str:
+    """An empty folder at `path` (what an interrupted run left there is removed)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def _collect(scored, total: int) -> tuple[pa.Table, int, set[str], set[str]]:
+    """Stream the score columns into the driver (ids and scores: a few numbers a row); how many
+    actors did work, the dtypes they scored in and the priors they used."""
     import pyarrow.compute as pc
 
-    score_parts, embedding_parts = [SCORES_SCHEMA.empty_table()], []
+    score_parts = [SCORES_SCHEMA.empty_table()]
     workers, dtypes, priors = set(), set(), set()
     for batch in gathered(scored, total, "scoring"):
         score_parts.append(batch.select(SCORES_SCHEMA.names))
         workers.update(pc.unique(batch["scored_by"]).to_pylist())
         dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
         priors.update(pc.unique(batch["prior_used"]).to_pylist())
-        if with_embeddings:
-            embedding_parts.append(batch.filter(pc.equal(batch["status"], "scored")).select(["id", "embedding"]))
-    scores, embeddings = pa.concat_tables(score_parts).sort_by("id"), None
-    if with_embeddings and embedding_parts:
-        embeddings = pa.concat_tables(embedding_parts).sort_by("id")
-    elif with_embeddings:  # nothing was scored: an empty file of the right shape
-        embeddings = pa.table({"id": pa.array([], pa.string()),
-                               "embedding": pa.array([], pa.list_(pa.float16(), 1))})
-    return scores, embeddings, len(workers), dtypes, priors
+    return pa.concat_tables(score_parts).sort_by("id"), len(workers), dtypes, priors
 
 
 # --- reading the outputs ------------------------------------------------------------------------
@@ -217,14 +233,17 @@ def read_scores(round_dir: str | Path, columns: list[str] | None = None) -> pa.T
 
 
 def read_embeddings(round_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids as a str array, float16 matrix [n, hidden]) of the round's scored samples, sorted by id."""
+    """(ids as a str array, float16 matrix [n, hidden]) of the round's scored samples, sorted by id.
+    embeddings.parquet is a folder of parts (one per scored batch), or one file in older runs."""
     import pyarrow.parquet as pq
 
     path = Path(round_dir) / EMBEDDINGS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: score the round with scoring.embeddings=true")
-    table = pq.read_table(path)
+    parts = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not parts:  # nothing was scored
+        return np.array([], dtype=str), np.zeros((0, 0), dtype=np.float16)
+    table = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("id")
     column = table.column("embedding").combine_chunks()
-    width = column.type.list_size
-    vectors = column.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, width)
+    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, column.type.list_size)
     return np.asarray(table.column("id").to_pylist(), dtype=str), vectors

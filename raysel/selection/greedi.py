@@ -2,7 +2,8 @@
 NeurIPS 2013) for IterIT's objective (TF-IDF diversity) and its embedding variant.
 
     shards = plan_shards(list_pieces(folder), shard_rows)       # Parquet row groups, <= shard_rows rows each
-    ranking = greedi(shards, Source("tfidf", idf=idf), Lookup.of(ids, ifd), "iterit", n_rank, Params())
+    source = Source("tfidf", idf_of(shards, n_features), n_features)
+    ranking = greedi(shards, source, Lookup.of(ids, ifd), "iterit", n_rank, Params(), shard_rows)
 
 1. The candidates' features lie in Parquet files (hashed n-gram counts written by Ray Data, or the
    scorer's embeddings); their row groups are grouped into shards of at most `shard_rows` rows.

@@ -56,7 +56,7 @@ def train_round(cfg: Config, rows_path: str | Path, selected_ids: list[str], run
 
 
 def _fit(tcfg, loop_config: dict, datasets: list, run: RunDir, round_idx: int):
-    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # A re-run of a round starts it afresh: Ray Train would otherwise resume this round's own run.
@@ -67,7 +67,8 @@ def _fit(tcfg, loop_config: dict, datasets: list, run: RunDir, round_idx: int):
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker(tcfg, use_gpu)}),
-        run_config=RunConfig(name=f"round-{round_idx}", storage_path=str(run.train_storage())),
+        run_config=RunConfig(name=f"round-{round_idx}", storage_path=str(run.train_storage()),
+                             failure_config=FailureConfig(max_failures=tcfg.max_failures)),
         datasets={f"train_{w}": ds for w, ds in enumerate(datasets)},
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker reads its own, in slot order
     )
