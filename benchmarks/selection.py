@@ -10,10 +10,12 @@
     then the greedy; the driver's peak memory.
 (c) the embedding greedy (IFD x (1 - max cosine), FAISS variant) on 1,000,000 x 384 float16, k = 50,000.
 (d) the distributed greedy (GreeDi, Ray tasks over shards of 250,000 rows) at 1M, 2M and 4M
-    synthetic responses, k = 50,000: its time and the driver's peak memory at each size, then at 1M
+    synthetic rows, k = 50,000: its time and the driver's peak memory at each size, then at 1M
     its objective and selection against the exact lazy greedy's (run last, in the driver, so that
-    the driver's peak memory before it is GreeDi's). Hashed counts are written by Ray Data, a
-    folder per million rows, once; both greedies start from them.
+    the driver's peak memory before it is GreeDi's). The rows are hashed 1-3-gram counts drawn
+    with the statistics of the synthetic responses (synthetic.hashed_counts: tokenising 4M texts
+    would dominate the run; (b) measures that), a folder per million rows; both greedies start
+    from them.
 The last line is one JSON object with every figure.
 """
 
@@ -170,25 +172,28 @@ def greedi_at_scale(sizes: list[int], k: int, shard_rows: int, n_features: int, 
         return
     step = 1_000_000 if sizes[-1] >= 1_000_000 else sizes[0]
     t0 = time.perf_counter()
-    folders = hash_millions(workdir, sizes[-1], step, n_features)
-    report("greedi_hash_s", round(time.perf_counter() - t0, 1), "s")
-    seconds, rss, ratio_at = {}, {}, sizes[0]
+    folders = counts_by_million(workdir, sizes[-1], step, n_features)
+    report("greedi_counts_s", round(time.perf_counter() - t0, 1), "s")
+    seconds, rss, uss, ratio_at = {}, {}, {}, sizes[0]
     for n in sizes:
         ids = np.char.add("s", np.char.zfill(np.arange(n).astype(str), 7))  # fixed width: no objects per row
         ifd = synthetic.ifd_scores(n, seed=2)
         ok = ifd < 1.0
         t0 = time.perf_counter()
-        shards = greedi.plan_shards(greedi.list_pieces(folders[:n // step]), shard_rows)
-        source = greedi.Source("tfidf", greedi.idf_of(shards, n_features), n_features)
-        ranking = greedi.greedi(shards, source, greedi.Lookup.of(ids[ok], ifd[ok]), "iterit", k, greedi.Params(),
-                                shard_rows)
-        seconds[n], rss[n] = round(time.perf_counter() - t0, 1), peak_rss_gb()
-        print(f"  N={n}: {seconds[n]}s, driver peak {rss[n]} GB, {ranking.stats}", flush=True)
+        with PeakPrivateMemory() as private:
+            shards = greedi.plan_shards(greedi.list_pieces(folders[:n // step]), shard_rows)
+            source = greedi.Source("tfidf", greedi.idf_of(shards, n_features), n_features)
+            ranking = greedi.greedi(shards, source, greedi.Lookup.of(ids[ok], ifd[ok]), "iterit", k,
+                                    greedi.Params(), shard_rows)
+        seconds[n], rss[n], uss[n] = round(time.perf_counter() - t0, 1), peak_rss_gb(), private.peak_gb
+        print(f"  N={n}: {seconds[n]}s, driver peak RSS {rss[n]} GB, private {uss[n]} GB, {ranking.stats}",
+              flush=True)
         if n == ratio_at:
             distributed, lookup, source_at = ranking, greedi.Lookup.of(ids[ok], ifd[ok]), source
         del ids, ifd, ranking
     report("greedi_s_by_n", seconds, "s")
-    report("greedi_driver_rss_gb_by_n", rss, "GB")
+    report("greedi_driver_rss_gb_by_n", rss, "GB (peak RSS: counts the object-store pages the driver read)")
+    report("greedi_driver_private_gb_by_n", uss, "GB (peak unique set size, sampled)")
     t0 = time.perf_counter()
     shard = greedi.load_shard([p for f in folders[:ratio_at // step] for p in greedi.list_pieces(f)], source_at, lookup)
     exact = select("iterit", shard.ifd, k, ids=shard.ids, features=shard.rows, gamma=0.1)
@@ -201,20 +206,60 @@ def greedi_at_scale(sizes: list[int], k: int, shard_rows: int, n_features: int, 
     report("greedi_vs_exact_time_1m", round(seconds[ratio_at] / FIGURES["exact_1m_s"], 2), "x")
 
 
-def hash_millions(workdir: Path, n: int, step: int, n_features: int) -> list[Path]:
-    """The synthetic pool's hashed counts, a folder per `step` rows (Ray Data writes them)."""
+class PeakPrivateMemory:
+    """The most private memory (USS: pages no other process shares, so not the object store's)
+    this process held while the block ran, sampled every 0.2 s."""
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self.peak, self._stop, process = 0, threading.Event(), psutil.Process()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, process.memory_full_info().uss)
+                self._stop.wait(0.2)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gb(self) -> float:
+        return round(self.peak / 1024**3, 2)
+
+
+def counts_by_million(workdir: Path, n: int, step: int, n_features: int, per_file: int = 50_000) -> list[Path]:
+    """Synthetic hashed counts (synthetic.hashed_counts: the statistics of hashed Zipf responses,
+    without tokenising text, which part (b) measures) in the layout write_hashed_counts writes,
+    a folder per `step` rows, files written by Ray tasks."""
     import ray
 
-    from raysel.selection.features import write_hashed_counts
+    @ray.remote
+    def write_file(path: str, start: int, m: int, seed: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    write_pool(workdir / "pool", n, shard=min(50_000, step))
-    files = sorted((workdir / "pool").glob("*.parquet"))
-    per_step = len(files) * step // n
-    folders = []
-    for i in range(0, len(files), per_step):
-        folders.append(workdir / f"counts-{i // per_step}")
-        write_hashed_counts(ray.data.read_parquet([str(f) for f in files[i:i + per_step]]), folders[-1], n_features)
-    shutil.rmtree(workdir / "pool")
+        indptr, cols, counts = synthetic.hashed_counts(m, n_features, seed=seed)
+        offsets = pa.array(indptr.astype(np.int32))
+        pq.write_table(pa.table({"id": [f"s{i:07d}" for i in range(start, start + m)],
+                                 "indices": pa.ListArray.from_arrays(offsets, pa.array(cols)),
+                                 "counts": pa.ListArray.from_arrays(offsets, pa.array(counts))}),
+                       path, row_group_size=per_file // 4)
+
+    per_file = min(per_file, step)
+    folders = [workdir / f"counts-{i}" for i in range(-(-n // step))]
+    for f in folders:
+        f.mkdir(parents=True)
+    ray.get([write_file.remote(str(folders[start // step] / f"part-{start // per_file:04d}.parquet"), start,
+                               min(per_file, n - start), 1000 + start // per_file)
+             for start in range(0, n, per_file)])
     return folders
 
 

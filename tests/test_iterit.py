@@ -157,6 +157,7 @@ def _kill_after(run_dir: Path, marker: str, proc: subprocess.Popen, timeout=900)
     proc.wait()
 
 
+@pytest.mark.reliability  # with the kills inside each stage in test_faults.py
 def test_resume_after_a_real_kill_reproduces_the_run(uninterrupted, tmp_path):
     reference, _ = uninterrupted
     run_dir = tmp_path / "run"

@@ -42,6 +42,38 @@ def responses(n: int, seed: int = 0, vocab_size: int = 50_000, zipf_s: float = 1
     return [" ".join(vocab[words[e - m:e]]) for e, m in zip(ends, lengths, strict=True)]
 
 
+def hashed_counts(n: int, n_features: int, seed: int = 0, vocab_size: int = 50_000,
+                  zipf_s: float = 1.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hashed word 1-3-gram counts of n responses drawn as `responses` draws them (Zipf words,
+    log-normal lengths), without writing the text: CSR parts (indptr, columns sorted within each
+    row, counts as float32). For selection at scales where tokenising text would dominate."""
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
+    cdf = np.cumsum(ranks ** -zipf_s / np.sum(ranks ** -zipf_s))
+    lengths = np.clip(np.round(rng.lognormal(np.log(90), 0.6, size=n)), 20, 300).astype(np.int64)
+    words = np.minimum(np.searchsorted(cdf, rng.random(int(lengths.sum()))), vocab_size - 1).astype(np.uint64)
+    row = np.repeat(np.arange(n, dtype=np.uint64), lengths)
+    keys = []
+    for g in (1, 2, 3):  # an n-gram counts where its words all lie in one row
+        at = np.flatnonzero(row[:len(row) - g + 1] == row[g - 1:])
+        h = np.full(len(at), np.uint64(g), dtype=np.uint64)
+        for j in range(g):
+            h = _mix(h * np.uint64(0x9E3779B97F4A7C15) + words[at + j])
+        keys.append(row[at] * np.uint64(n_features) + h % np.uint64(n_features))
+    unique, counts = np.unique(np.concatenate(keys), return_counts=True)
+    rows = (unique // np.uint64(n_features)).astype(np.int64)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum(np.bincount(rows, minlength=n))
+    return indptr, (unique % np.uint64(n_features)).astype(np.int32), counts.astype(np.float32)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (uint64, wrapping): every input bit moves every output bit."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
 def ifd_scores(n: int, seed: int = 0) -> np.ndarray:
     """IFD values: log-normal, median 0.7, about 12% at or above 1.0 (ineligible)."""
     rng = np.random.default_rng(seed)
