@@ -273,6 +273,8 @@ def greedi(shards: list[list[Piece]], source: Source, lookup: Lookup, name: str,
         raise ValueError(f"shard_rows ({shard_rows}) must be at least twice the rows ranked ({n_rank}), "
                          "so that merging the shards' winners shrinks them")
     started = time.perf_counter()
+    if not shards or not len(lookup.ids):  # no candidate
+        return Ranking(np.empty(0, str), np.empty(0), np.empty(0), stats={"greedi_shards": 0})
     lookup_ref = ray.put(lookup)
     if source.kind == "tfidf":
         source = Source(source.kind, ray.put(np.asarray(source.idf)), source.n_features)
