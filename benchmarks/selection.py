@@ -9,7 +9,7 @@
     TF-IDF featurisation with Ray Data (responses read from parquet shards, never in the driver),
     then the greedy; the driver's peak memory.
 (c) the embedding greedy (IFD x (1 - max cosine), FAISS variant) on 1,000,000 x 384 float16, k = 50,000.
-(d) the distributed greedy (GreeDi, Ray tasks over shards of 250,000 rows) at 1M, 2M and 4M
+(d) the distributed greedy (GreeDi, Ray tasks over shards of 500,000 rows) at 1M, 2M and 4M
     synthetic rows, k = 50,000: its time and the driver's peak memory at each size, then at 1M
     its objective and selection against the exact lazy greedy's (run last, in the driver, so that
     the driver's peak memory before it is GreeDi's). The rows are hashed 1-3-gram counts drawn
@@ -276,7 +276,7 @@ def main() -> None:
     skip = set(args.skip.split(","))
     sizes = dict(a=(2_000, 100), b=(20_000, 1_000), c=(20_000, 1_000), d=([20_000, 40_000, 80_000], 1_000, 5_000)) \
         if args.quick else dict(a=(20_000, 1_000), b=(1_000_000, 50_000), c=(1_000_000, 50_000),
-                                d=([1_000_000, 2_000_000, 4_000_000], 50_000, 250_000))
+                                d=([1_000_000, 2_000_000, 4_000_000], 50_000, 500_000))
     report("quick", args.quick)
     report("n_features", args.n_features)
     workdir = Path(tempfile.mkdtemp(prefix="raysel-bench-"))

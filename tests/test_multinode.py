@@ -23,7 +23,7 @@ HERE = Path(__file__).parent
 def cluster_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("multinode")
     rows = write_rows(tmp / "rows.parquet", make_rows(30))
-    big = write_rows(tmp / "big.parquet", make_rows(1500))
+    big = write_rows(tmp / "big.parquet", make_rows(3000))
     train_rows = write_training_rows(tmp / "train-rows.parquet")
     done = subprocess.run([sys.executable, str(HERE / "multinode_run.py"), str(tiny_model_dir), str(rows), str(big),
                            str(train_rows), str(tmp / "out")], capture_output=True, text=True, timeout=1500,
@@ -69,4 +69,4 @@ def test_a_node_that_joins_while_scoring_runs_gets_work(cluster_run):
     assert joining["new_node"] and joining["new_node"] in joining["nodes"]
     assert joining["summary"]["actors_used"] == 4
     assert joining["summary"]["scored"] + joining["summary"]["invalid"] == sum(
-        r["status"] == "valid" for r in make_rows(1500))
+        r["status"] == "valid" for r in make_rows(3000))
