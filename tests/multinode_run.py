@@ -23,26 +23,43 @@ from raysel.scoring import read_scores, score_pool
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def scoring_config(num_actors: int, max_actors: int | None = None, batch_size: int = 4) -> Config:
+def scoring_config(num_actors: int, max_actors: int = 0, batch_size: int = 4) -> Config:
     return Config(model=ModelConfig(max_length=128),
                   scoring=ScoringConfig(dtype="float32", batch_size=batch_size, num_actors=num_actors,
                                         max_actors=max_actors, cpus_per_actor=1))
 
 
-def actor_nodes() -> dict[int, str]:
-    """pid -> node id of every actor the cluster has run (alive or finished)."""
-    from ray.util.state import list_actors
+class ActorNodes:
+    """pid -> node id of every actor alive while the block runs (polled: a finished actor's pid is
+    no longer listed)."""
 
-    return {a.pid: a.node_id for a in list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
-            if a.pid}
+    def __enter__(self):
+        self.where, self._stop = {}, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        from ray.util.state import list_actors
+
+        while not self._stop.is_set():
+            for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False):
+                if a.pid and "MapBatches(Scorer)" in (a.class_name or ""):
+                    self.where[a.pid] = a.node_id
+            self._stop.wait(0.5)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def score(model_dir: str, rows: str, out: Path, cfg: Config) -> dict:
-    summary = score_pool(rows, out, model_dir, cfg)
+    with ActorNodes() as actors:
+        summary = score_pool(rows, out, model_dir, cfg)
     table = read_scores(out).to_pylist()
-    where = actor_nodes()
+    # the nodes of the scorer actors; actors_used (distinct pids in the scored rows) says they all worked
     return {"summary": {k: summary[k] for k in ("scored", "invalid", "actors_used")},
-            "nodes": sorted({where[r["scored_by"]] for r in table}),
+            "nodes": sorted(set(actors.where.values())), "actors": len(actors.where),
             "ifd": {r["id"]: r["ifd"] for r in table}}
 
 
