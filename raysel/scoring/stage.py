@@ -100,9 +100,11 @@ class Scorer:
     """What `map_batches` calls: rows (id, prompt, response) in, score rows (+ embedding) out."""
 
     def __init__(self, model_path: str, cfg: Config, threads: int, device: str, embeddings_dir: str | None = None):
+        import ray
+
         from raysel.scoring.batch import BatchScorer
 
-        self.embeddings_dir = embeddings_dir
+        self.embeddings_dir, self.node = embeddings_dir, ray.get_runtime_context().get_node_id()
         model, tokenizer, dtype = load_for_inference(model_path, cfg, threads, device)
         s = cfg.scoring
         budget = s.tokens_per_forward or default_tokens_per_forward(device, dtype)
@@ -122,6 +124,7 @@ class Scorer:
             write_embedding_part(table, Path(self.embeddings_dir))
             table = table.drop_columns(["embedding"])
         table = table.append_column("scored_by", pa.array([os.getpid()] * table.num_rows, pa.int64()))
+        table = table.append_column("scored_on", pa.array([self.node] * table.num_rows, pa.string()))
         table = table.append_column("prior_used", pa.array([self.prior] * table.num_rows, pa.string()))
         return table.append_column("scored_in", pa.array([self.dtype] * table.num_rows, pa.string()))
 
@@ -190,12 +193,12 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     scored, counts = map_valid_rows(rows_path, Scorer, ctor, plan, ["id", "prompt", "response"], ids=ids,
                                     batch_size=cfg.scoring.batch_size)
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
-    scores, workers, dtypes, priors = _collect(scored, counts["to_score"])
+    scores, workers, nodes, dtypes, priors = _collect(scored, counts["to_score"])
     write_parquet(scores, out_dir / SCORES_FILE)  # ids and scores only: the embeddings are written by the actors
     status = scores.column("status").to_pylist()
     truncated = scores.column("truncated").to_pylist()
     return {**counts, "scored": status.count("scored"), "invalid": status.count("invalid"),
-            "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers,
+            "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers, "nodes_used": nodes,
             "threads_per_actor": plan.threads, "device": plan.device,
             "dtype": ",".join(sorted(dtypes)) or None, "prior_context": "; ".join(sorted(priors)) or None}
 
@@ -209,19 +212,20 @@ def _fresh_folder(path: Path) -> str:
     return str(path)
 
 
-def _collect(scored, total: int) -> tuple[pa.Table, int, set[str], set[str]]:
+def _collect(scored, total: int) -> tuple[pa.Table, int, list[str], set[str], set[str]]:
     """Stream the score columns into the driver (ids and scores: a few numbers a row); how many
-    actors did work, the dtypes they scored in and the priors they used."""
+    actors did work, the Ray nodes they ran on, the dtypes they scored in and the priors they used."""
     import pyarrow.compute as pc
 
     score_parts = [SCORES_SCHEMA.empty_table()]
-    workers, dtypes, priors = set(), set(), set()
+    workers, nodes, dtypes, priors = set(), set(), set(), set()
     for batch in gathered(scored, total, "scoring"):
         score_parts.append(batch.select(SCORES_SCHEMA.names))
         workers.update(pc.unique(batch["scored_by"]).to_pylist())
+        nodes.update(pc.unique(batch["scored_on"]).to_pylist())
         dtypes.update(pc.unique(batch["scored_in"]).to_pylist())
         priors.update(pc.unique(batch["prior_used"]).to_pylist())
-    return pa.concat_tables(score_parts).sort_by("id"), len(workers), dtypes, priors
+    return pa.concat_tables(score_parts).sort_by("id"), len(workers), sorted(nodes), dtypes, priors
 
 
 # --- reading the outputs ------------------------------------------------------------------------
