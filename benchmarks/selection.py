@@ -243,15 +243,11 @@ def counts_by_million(workdir: Path, n: int, step: int, n_features: int, per_fil
 
     @ray.remote
     def write_file(path: str, start: int, m: int, seed: int) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        indptr, cols, counts = synthetic.hashed_counts(m, n_features, seed=seed)
-        offsets = pa.array(indptr.astype(np.int32))
-        pq.write_table(pa.table({"id": [f"s{i:07d}" for i in range(start, start + m)],
-                                 "indices": pa.ListArray.from_arrays(offsets, pa.array(cols)),
-                                 "counts": pa.ListArray.from_arrays(offsets, pa.array(counts))}),
-                       path, row_group_size=per_file // 4)
+        ids = [f"s{i:07d}" for i in range(start, start + m)]
+        table = features.counts_table(ids, *synthetic.hashed_counts(m, n_features, seed=seed))
+        pq.write_table(table, path, row_group_size=per_file // 4)
 
     per_file = min(per_file, step)
     folders = [workdir / f"counts-{i}" for i in range(-(-n // step))]

@@ -209,14 +209,20 @@ def _members(ids: np.ndarray, wanted_sorted: np.ndarray) -> np.ndarray:
 def _count_batch(batch, n_features: int, text_column: str, id_column: str, keep: list | None):
     """map_batches UDF: a pyarrow batch of texts -> one row per (kept) text: id, hashed n-gram
     columns (sorted, unique), their counts."""
-    import pyarrow as pa
 
     ids, b = _hashed_rows(batch, n_features, text_column, id_column, keep)
-    offsets = pa.array(b.indptr.astype(np.int32))
+    return counts_table(ids.tolist(), b.indptr, b.indices, b.data)
+
+
+def counts_table(ids: list[str], indptr: np.ndarray, indices: np.ndarray, counts: np.ndarray):
+    """Hashed counts in CSR parts as the table write_hashed_counts writes: id, indices, counts."""
+    import pyarrow as pa
+
+    offsets = pa.array(np.asarray(indptr).astype(np.int32))
     return pa.table({
-        "id": pa.array(ids.tolist(), type=pa.string()),
-        "indices": pa.ListArray.from_arrays(offsets, pa.array(b.indices, type=pa.int32())),
-        "counts": pa.ListArray.from_arrays(offsets, pa.array(b.data, type=pa.float32())),
+        "id": pa.array(ids, type=pa.string()),
+        "indices": pa.ListArray.from_arrays(offsets, pa.array(indices, type=pa.int32())),
+        "counts": pa.ListArray.from_arrays(offsets, pa.array(counts, type=pa.float32())),
     })
 
 
