@@ -14,11 +14,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check raysel jobs tests benchmarks
-	$(PY) -m pytest -q -m "not reliability"
+	$(PY) -m pytest -q -m "not reliability" --durations=15
 
-# The slow fault-injection cases (killed drivers beyond the IterIT one in `make test`).
+# The slow cases: faults injected through the job, the bad-input matrix, the multi-node cluster.
 reliability: $(STAMP)
-	$(PY) -m pytest -q -m reliability
+	$(PY) -m pytest -q -m reliability --durations=0
 
 bench: $(STAMP)
 	$(PY) benchmarks/scoring.py

@@ -117,12 +117,26 @@ def map_valid_rows(rows_path: str | Path, actor_cls, ctor_kwargs: dict, plan: Ac
         fn_constructor_kwargs=ctor_kwargs,
         batch_size=-(-n_rows // n_blocks),
         batch_format="pyarrow",
-        # One batch at a time per actor: a batch takes seconds to minutes, so fetching the next
-        # one costs nothing, and no actor holds a queue that another could be working on.
         compute=ray.data.ActorPoolStrategy(min_size=plan.num_actors, max_size=plan.max_actors,
-                                           max_tasks_in_flight_per_actor=1),
+                                           max_tasks_in_flight_per_actor=tasks_in_flight(plan)),
         **resources,
     ), counts
+
+
+def tasks_in_flight(plan: ActorPlan) -> int:
+    """Batches handed to each actor at once. One in a fixed pool: a batch takes seconds to
+    minutes, so fetching the next costs nothing, and no actor holds a queue another could work
+    on. In a pool that may grow, enough for Ray Data to grow it: it adds actors only once the
+    tasks in flight per actor reach its actor_pool_util_upscaling_threshold (1.75 by default),
+    which one per actor never does."""
+    import math
+
+    import ray
+
+    if plan.max_actors == plan.num_actors:
+        return 1
+    threshold = ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_upscaling_threshold
+    return max(1, math.ceil(threshold))
 
 
 def map_to_table(rows_path: str | Path, actor_cls, ctor_kwargs: dict, cfg, columns: list[str],

@@ -176,15 +176,17 @@ def _open(path: str):
     return fs.open_input_stream(inner)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def _read_jsonl(path: str, fields: PoolConfig) -> Iterator[dict]:
     with _open(path) as f:
-        data = f.read()
-    lines = data.split(b"\n")
+        data = f.read().removeprefix(BOM)  # editors on Windows write one; JSON does not allow it
     position = 0
-    for line in lines:
+    for line in data.split(b"\n"):
         if not line.strip():
             continue
-        yield _parse_line(path, position, line, fields)
+        yield _parse_line(path, position, line.removesuffix(b"\r"), fields)  # CRLF line ends
         position += 1
 
 
@@ -206,7 +208,7 @@ def _read_json(path: str, fields: PoolConfig) -> Iterator[dict]:
     with _open(path) as f:
         data = f.read()
     try:
-        records = json.loads(data.decode("utf-8"))
+        records = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         records = None
     if not isinstance(records, list):

@@ -83,6 +83,20 @@ def test_ingest_every_bad_kind_reconciles(ray_session, tmp_path):
     assert dup["id"] == "a#1"
 
 
+def test_a_bom_and_crlf_line_ends_are_read_as_plain_json_lines(tmp_path):
+    from raysel.pool import _read_json, _read_jsonl
+
+    records = [{"id": str(i), "instruction": "Q", "output": f"A{i}"} for i in range(3)]
+    text = "\r\n".join(json.dumps(r) for r in records) + "\r\n"
+    (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "p.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(records).encode())
+    for reader, name in ((_read_jsonl, "p.jsonl"), (_read_json, "p.json")):
+        rows = list(reader(str(tmp_path / name), PoolConfig()))
+        assert [r["status"] for r in rows] == ["valid"] * 3, rows
+        assert [r["response"] for r in rows] == ["A0", "A1", "A2"]
+        assert not any(r["raw"].endswith("\r") for r in rows)
+
+
 def test_first_valid_occurrence_keeps_a_repeated_id(ray_session, tmp_path):
     lines = [(json.dumps({"id": "x", "instruction": "Q", "output": ""}), "empty response"),
              (json.dumps({"id": "x", "instruction": "Q", "output": "A"}), None)]

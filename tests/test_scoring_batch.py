@@ -322,6 +322,18 @@ def test_actor_plan_on_an_autoscaling_cluster_asks_for_gpus_before_any_node_has_
         plan_actors(ScoringConfig(max_actors=2), {"CPU": 8, "GPU": 4})
 
 
+def test_a_pool_that_may_grow_keeps_enough_batches_in_flight_for_ray_data_to_grow_it():
+    import ray
+
+    from raysel.actor_map import tasks_in_flight
+
+    fixed = plan_actors(ScoringConfig(), {"CPU": 8, "GPU": 4})
+    grow = plan_actors(ScoringConfig(max_actors=8), {"CPU": 8, "GPU": 4})
+    assert tasks_in_flight(fixed) == 1
+    # Ray Data grows a pool when tasks in flight per actor reach this threshold
+    assert tasks_in_flight(grow) >= ray.data.DataContext.get_current().autoscaling_config.actor_pool_util_upscaling_threshold
+
+
 # --- priors, templates and overflow ---------------------------------------------------------------
 
 def _copy_tokenizer(folder, **changes):
