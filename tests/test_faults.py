@@ -109,20 +109,34 @@ def test_the_seed_changes_only_what_randomness_should(uninterrupted, tmp_path): 
 
 # --- killed workers ----------------------------------------------------------------------------
 
-def kill_when_busy(marker: str, after: float, killed: list, timeout: float = 300) -> threading.Thread:
-    """A thread that SIGKILLs the first process whose title holds `marker` (a Ray actor: Ray
-    titles its processes `ray::<class>`), `after` seconds once it appears."""
+def watch(marker: str, seen: dict, kill_after: float | None = None, timeout: float = 300) -> threading.Thread:
+    """A thread that watches the processes whose title holds `marker` (a Ray actor: Ray titles
+    its processes `ray::<class>`) and that start after it does (a previous run's workers, still
+    exiting, are left alone): when one is first and last seen (seen["first"], seen["last"]), and
+    with `kill_after`, the pid it SIGKILLs that many seconds after the first appears (seen["killed"])."""
     import psutil
 
+    def matching(old=frozenset()):
+        return [p for p in psutil.process_iter(["cmdline"])
+                if p.pid not in old and any(marker in c for c in p.info["cmdline"] or [])]
+
     def run():
+        old = frozenset(p.pid for p in matching())
         deadline = time.time() + timeout
         while time.time() < deadline:
-            found = [p for p in psutil.process_iter(["cmdline"]) if any(marker in c for c in p.info["cmdline"] or [])]
+            found = matching(old)
+            now = time.time()
             if found:
-                time.sleep(after)
-                found[0].kill()
-                killed.append(found[0].pid)
-                return
+                seen.setdefault("first", now)
+                seen["last"] = now
+                if kill_after is not None and "killed" not in seen and now - seen["first"] >= kill_after:
+                    try:
+                        found[0].kill()
+                        seen["killed"] = found[0].pid
+                    except psutil.NoSuchProcess:
+                        pass
+            elif "first" in seen and now - seen["last"] > 5:
+                return  # gone for good
             time.sleep(0.1)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -139,11 +153,10 @@ def test_a_scorer_actor_killed_mid_stage_is_replaced_and_the_scores_are_exact(ra
     rows = make_rows(1500)
     cfg = tiny_config()
     cfg.scoring.batch_size = 2  # many small batches: the kill lands while there is work left
-    killed = []
-    thread = kill_when_busy("MapBatches(Scorer)", 8.0, killed)
+    seen = {}
+    watch("MapBatches(Scorer)", seen, kill_after=8.0)
     summary = score_pool(write_rows(tmp_path / "rows.parquet", rows), tmp_path / "out", str(tiny_model_dir), cfg)
-    thread.join(timeout=5)
-    assert killed, "no scorer actor was killed"
+    assert "killed" in seen, "no scorer actor was killed"
     expected = in_process(tiny_model_dir, rows, cfg)
     scores = {s["id"]: s for s in read_scores(tmp_path / "out").to_pylist()}
     assert sorted(scores) == sorted(expected) and summary["scored"] + summary["invalid"] == len(expected)
@@ -165,12 +178,14 @@ def test_a_training_worker_killed_mid_round_is_restarted_and_the_round_ends_the_
     cfg = tiny_config(num_workers=1, epochs=20)  # long enough a round to be killed inside
     ids = [f"row-{i:02d}" for i in range(14)]
     total = total_steps(len(ids), 1, cfg.training)
+    calm_workers, seen = {}, {}
+    thread = watch("RayTrainWorker", calm_workers)
     calm = train_round(cfg, rows, ids, tmp_path / "calm", 0, str(tiny_model_dir), total)
-    killed = []
-    thread = kill_when_busy("RayTrainWorker", 25.0, killed)
+    thread.join(timeout=60)
+    lifetime = calm_workers["last"] - calm_workers["first"]  # the worker's life in an undisturbed round
+    watch("RayTrainWorker", seen, kill_after=0.5 * lifetime)  # half way through: inside the round
     hit = train_round(cfg, rows, ids, tmp_path / "hit", 0, str(tiny_model_dir), total)
-    thread.join(timeout=5)
-    assert killed, "no training worker was killed"
+    assert "killed" in seen, "no training worker was killed"
     assert hit["steps"] == calm["steps"] == total
     a = load_file(str(Path(hit["checkpoint"]) / "adapter_model.safetensors"))
     b = load_file(str(Path(calm["checkpoint"]) / "adapter_model.safetensors"))
