@@ -81,6 +81,11 @@ def test_every_record_has_one_row_and_bad_rows_say_why(bad_run):
         else:
             assert row["status"] == "invalid" and row["reason"].startswith(reason), (row["id"], row["reason"])
             assert final == f"invalid: {row['reason']}"
+    from raysel.scoring import read_scores
+
+    huge = by_source[("a.jsonl", 41 + [k for k, _, _ in ROW_KINDS].index("huge-line"))]
+    scored = {s["id"]: s for s in read_scores(run_dir / "round-0").to_pylist()}[huge["id"]]
+    assert scored["status"] == "scored" and scored["truncated"], scored  # a response past max_length: cut, flagged
     crlf = [r for r in rows if r["source"].endswith("b.jsonl")]
     assert len(crlf) == 10 and all(r["status"] == "valid" and r["id"].startswith("good-1") for r in crlf)
     assert not any(r["response"].endswith("\r") for r in crlf)

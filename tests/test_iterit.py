@@ -106,6 +106,7 @@ def test_resume_keeps_the_runs_own_config(uninterrupted):
     assert (run_dir / "config.yaml").read_bytes() == saved
 
 
+@pytest.mark.reliability  # a second whole job; test_round_plans checks the plan in the suite
 def test_rescore_pool_all_ranks_every_row_in_later_rounds(tmp_path):
     """With `all`, round 1 scores and ranks every valid row, so its selection can (and here does)
     hold rows outside round 0's top rescore_factor * k (it used to select from those only)."""
