@@ -34,7 +34,7 @@ def main() -> None:
 
     from raysel.config import load_config
     from raysel.daar.domains import centroids, normalise, pseudo_labels
-    from raysel.daar.stage import vector_matrix
+    from raysel.daar.stage import read_probe, vector_matrix
     from raysel.runs import RunDir
 
     run, r = RunDir(args.run_dir), args.round
@@ -44,7 +44,7 @@ def main() -> None:
     names = json.loads((run.markers / f"heads-{r}.json").read_text())["domains"]
     out: dict = {"run": str(run.path), "round": r, "centroid_space_used": cfg.daar.centroid_space}
 
-    probe = pq.read_table(run.probe(r))
+    probe = read_probe(run.probe(r))
     seed_domain = np.asarray(probe["seed_domain"].to_pylist(), dtype=object)
     is_seed = np.array([x is not None for x in seed_domain], dtype=bool)
     probe_truth = np.asarray([truth[i]["domain"] for i in np.asarray(probe["id"].to_pylist())[~is_seed]])

@@ -242,7 +242,7 @@ class RunDir:
 
 OUTPUTS = "outputs"  # a marker's record of the files its stage wrote
 BOOKKEEPING = {".done", "manifest.json", "report.md", "report", "config.yaml"}
-TEMP_PREFIXES = (".features-", ".eval-input")  # the distributed greedy's counts; eval's input
+TEMP_PREFIXES = (".features-", ".eval-input", ".probe-input")  # the distributed greedy's counts; inputs
 
 
 def _is_temp(name: str) -> bool:
@@ -280,6 +280,29 @@ def write_parquet(table, path: str | Path, **options) -> None:
 
     with atomic_output(path) as tmp:
         pq.write_table(table, tmp, **options)
+
+
+def write_part(table, folder: str | Path) -> None:
+    """One batch's rows as a Parquet file in `folder` (a dataset folder written by many actors),
+    named by a hash of its ids: a batch that Ray Data retries after a failure overwrites its own
+    file. Hidden under a dot name until complete: Parquet readers skip dot files."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    name = hashlib.sha1("\n".join(table["id"].to_pylist()).encode()).hexdigest()[:20]
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, folder / f"part-{name}.parquet")
+
+
+def fresh_folder(path: str | Path) -> str:
+    """An empty folder at `path` (what an interrupted run left there is removed); its path."""
+    path = Path(path)
+    _remove(path)
+    path.mkdir(parents=True)
+    return str(path)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import pytest
 from test_iterit import ROOT, _kill_after, job_env, run_job, selection
 from test_report import check_report
 
+from raysel.daar.stage import read_probe
 from raysel.selection.daar import quotas
 
 JOB = [sys.executable, "jobs/daar.py", "--config", "configs/tiny.yaml", "--set", "selection.method=daar",
@@ -84,9 +85,14 @@ def test_round_one_embeds_with_the_tuned_model(daar_run):
     run_dir, _ = daar_run
     assert stats(run_dir, "probe-0")["model"].endswith("tiny-model")
     assert stats(run_dir, "probe-1")["model"] == str(run_dir / "round-0" / "checkpoint")
-    r0 = pq.read_table(run_dir / "round-0" / "probe.parquet")["probe"].to_pylist()
-    r1 = pq.read_table(run_dir / "round-1" / "probe.parquet")["probe"].to_pylist()
+    r0 = read_probe(run_dir / "round-0" / "probe.parquet")["probe"].to_pylist()
+    r1 = read_probe(run_dir / "round-1" / "probe.parquet")["probe"].to_pylist()
     assert r0 != r1, "the tuned model's LoRA changes the first layers' features"
+    for r in (0, 1):  # the actors wrote the features as parts; each row once
+        folder = run_dir / f"round-{r}" / "probe.parquet"
+        assert folder.is_dir() and len(list(folder.glob("part-*.parquet"))) > 1
+        ids = read_probe(folder)["id"].to_pylist()
+        assert len(ids) == len(set(ids)) == stats(run_dir, f"probe-{r}")["probe_rows"] + 40
 
 
 @pytest.mark.reliability

@@ -1,13 +1,15 @@
 """DaaR's stages, each once behind its marker (RunDir.stage); the DaaR loop puts them in order.
 
     seeds      seeds.jsonl                the domain seeds (a file, or synthesised by the model)
-    probe-R    round-R/probe.parquet      features of the seeds and of a probe set drawn from the pool
+    probe-R    round-R/probe.parquet/     features of the seeds and of a probe set drawn from the pool
     heads-R    round-R/heads.safetensors  centroids -> k-means pseudo-labels -> domain and reward heads
                round-R/probe_labels.parquet
     reward-R   round-R/scores.parquet     every valid row: reward (predicted), entropy, pseudo_domain
 
 The model passes (probe, reward) run on the shared Ray Data actor map; each actor loads the
-model's first daar.probe_layers layers only.
+model's first daar.probe_layers layers only. The driver holds ids and scores, nothing wider: the
+probe actors write their features as the parts of the folder probe.parquet, and the heads are
+fitted by a Ray task that reads it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import pyarrow as pa
 
 from raysel.actor_map import map_to_table
 from raysel.config import Config
-from raysel.runs import RunDir, atomic_output, write_parquet
+from raysel.runs import RunDir, atomic_output, fresh_folder, write_parquet, write_part
 
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ["id", "prompt", "input", "response"]
+PROBE_COLUMNS = [*TEXT_COLUMNS, "seed_domain"]  # a seed's domain; null for a pool row
 REWARD_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("reason", pa.string()),
                            ("reward", pa.float64()), ("entropy", pa.float64()), ("pseudo_domain", pa.string())])
 
@@ -33,10 +36,10 @@ REWARD_SCHEMA = pa.schema([("id", pa.string()), ("status", pa.string()), ("reaso
 # --- the actors -------------------------------------------------------------------------------
 
 class ProbeFeaturizer:
-    """What `map_batches` calls: rows (id, prompt, input, response) in, their probe features and
-    input-embedding means out."""
+    """What `map_batches` calls: rows (id, prompt, input, response, seed_domain) in; their probe
+    features and input-embedding means written as a part of the folder `out_dir`; their ids out."""
 
-    def __init__(self, model_path: str, cfg: Config, threads: int, device: str):
+    def __init__(self, model_path: str, cfg: Config, threads: int, device: str, out_dir: str | None = None):
         from raysel.daar.features import ProbeEncoder
         from raysel.scoring.stage import default_tokens_per_forward, load_for_inference
 
@@ -44,6 +47,7 @@ class ProbeFeaturizer:
         budget = cfg.scoring.tokens_per_forward or default_tokens_per_forward(device, dtype)
         self.encoder = ProbeEncoder(model, tokenizer, cfg.daar.probe_layers, cfg.model.max_length,
                                     budget)
+        self.out_dir = out_dir
         log.info("DaaR featurizer ready: %s, first %d layers, on %s, %s", model_path, cfg.daar.probe_layers,
                  device, dtype)
 
@@ -57,7 +61,9 @@ class ProbeFeaturizer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         probe, inputs = self.features(batch)
-        return pa.table({"id": batch["id"], "probe": _vectors(probe), "input_embedding": _vectors(inputs)})
+        write_part(pa.table({"id": batch["id"], "seed_domain": batch["seed_domain"].cast(pa.string()),
+                             "probe": _vectors(probe), "input_embedding": _vectors(inputs)}), self.out_dir)
+        return batch.select(["id"])
 
 
 class RewardScorer(ProbeFeaturizer):
@@ -92,9 +98,16 @@ def vector_matrix(column) -> np.ndarray:
     return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
-def _map(rows_path, actor_cls, ctor: dict, cfg: Config, ids=None) -> tuple[pa.Table | None, dict]:
-    """`actor_cls` over the valid rows (or `ids`) on the actor map; the outputs sorted by id."""
-    table, counts, plan = map_to_table(rows_path, actor_cls, ctor, cfg, TEXT_COLUMNS, ids=ids)
+def read_probe(path) -> pa.Table:
+    """A round's probe.parquet (a folder of parts; one file in older runs) as one table sorted by id."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).sort_by("id")
+
+
+def _map(rows_path, actor_cls, ctor: dict, cfg: Config, columns=TEXT_COLUMNS) -> tuple[pa.Table | None, dict]:
+    """`actor_cls` over the valid rows on the actor map; the outputs sorted by id."""
+    table, counts, plan = map_to_table(rows_path, actor_cls, ctor, cfg, columns)
     return (table.sort_by("id") if table is not None else None), {**counts, "actors": plan.num_actors,
                                                                    "device": plan.device}
 
@@ -143,21 +156,23 @@ def _synthesize(cfg: Config, base_model: str) -> tuple[list[dict], dict]:
 
 
 def probe_stage(run: RunDir, cfg: Config, r: int, model: str, seeds: list[dict]) -> dict:
-    """round-R/probe.parquet: probe features and input-embedding means of the seeds and of
-    daar.probe_size valid rows drawn with the run's seed (the same rows every round)."""
+    """round-R/probe.parquet/: probe features and input-embedding means of the seeds and of
+    daar.probe_size valid rows drawn with the run's seed (the same rows every round), written by
+    the actors as the parts of one folder."""
+    import pyarrow.parquet as pq
 
     def compute():
         probe_ids = draw_probe(run.rows, cfg.daar.probe_size, cfg.run.seed)
         inputs = run.round_dir(r) / ".probe-input.parquet"
         write_parquet(_probe_input(run.rows, probe_ids, seeds), inputs)
+        ctor = {"model_path": str(model), "out_dir": fresh_folder(run.probe(r).resolve())}
         try:
-            table, counts = _map(inputs, ProbeFeaturizer, {"model_path": str(model)}, cfg)
+            mapped, counts = _map(inputs, ProbeFeaturizer, ctor, cfg, PROBE_COLUMNS)
         finally:
             inputs.unlink(missing_ok=True)
-        domain = {f"seed-{i:05d}": s["domain"] for i, s in enumerate(seeds)}
-        table = table.append_column("seed_domain", pa.array([domain.get(i) for i in table["id"].to_pylist()],
-                                                             pa.string()))
-        write_parquet(table, run.probe(r))
+        written = pq.read_table(run.probe(r), columns=["id"])["id"]
+        if sorted(written.to_pylist()) != mapped["id"].to_pylist():  # a lost or doubled part
+            raise RuntimeError(f"{run.probe(r)} holds {len(written)} rows for the {mapped.num_rows} featurised")
         return {"model": str(model), "probe_rows": len(probe_ids), "seeds": len(seeds),
                 "actors": counts["actors"], "device": counts["device"]}
 
@@ -177,7 +192,8 @@ def draw_probe(rows_path, size: int, seed: int) -> list[str]:
 
 
 def _probe_input(rows_path, probe_ids: list[str], seeds: list[dict]) -> pa.Table:
-    """The rows the probe pass reads: the seeds (normalised like pool rows) and the probe rows."""
+    """The rows the probe pass reads: the seeds (normalised like pool rows, with their domain) and
+    the probe rows."""
     import pyarrow.parquet as pq
 
     from raysel.config import PoolConfig
@@ -189,44 +205,53 @@ def _probe_input(rows_path, probe_ids: list[str], seeds: list[dict]) -> pa.Table
     for i, s in enumerate(seeds):
         norm = normalise(s, PoolConfig())
         seed_rows.append({"id": f"seed-{i:05d}", "status": "valid", "prompt": norm["prompt"],
-                          "input": norm["input"], "response": norm["response"]})
+                          "input": norm["input"], "response": norm["response"], "seed_domain": s["domain"]})
     schema = pa.schema([ROW_SCHEMA.field(c) for c in ["id", "status", *TEXT_COLUMNS[1:]]])
+    schema = schema.append(pa.field("seed_domain", pa.string()))
+    rows = rows.append_column("seed_domain", pa.nulls(rows.num_rows, pa.string()))
     return pa.concat_tables([pa.Table.from_pylist(seed_rows, schema=schema), rows.cast(schema)])
 
 
 def heads_stage(run: RunDir, cfg: Config, r: int) -> dict:
-    """round-R/heads.safetensors and probe_labels.parquet: centroids of the seeds, k-means
-    pseudo-labels of the probe rows started at them, then the two heads trained on the labels."""
-    import pyarrow.parquet as pq
-
-    from raysel.daar.domains import centroids, domain_names, pseudo_labels
-    from raysel.daar.heads import HeadOptions, save_heads, train_heads
-
-    d = cfg.daar
+    """round-R/heads.safetensors and probe_labels.parquet, fitted by a Ray task (fit_heads) so that
+    the probe features are held by a worker, never by the driver."""
+    import ray
 
     def compute():
-        table = pq.read_table(run.probe(r))
-        seed_domain = np.asarray(table["seed_domain"].to_pylist(), dtype=object)
-        is_seed = np.array([x is not None for x in seed_domain], dtype=bool)
-        names = domain_names([{"domain": x} for x in seed_domain[is_seed]], d.domains)
-        space = vector_matrix(table["input_embedding" if d.centroid_space == "input" else "probe"])
-        centers = centroids(space[is_seed], seed_domain[is_seed].tolist(), names)
-        labels = pseudo_labels(space[~is_seed], centers, d.kmeans_iterations, cfg.run.seed)
-        opts = HeadOptions(d.head_epochs, d.head_batch_size, d.head_learning_rate, d.head_val_fraction)
-        heads, stats = train_heads(vector_matrix(table["probe"])[~is_seed], labels, len(names), opts, cfg.run.seed)
-        with atomic_output(run.heads(r)) as tmp:
-            save_heads(heads, tmp)
-        ids = table["id"].filter(pa.array(~is_seed))
-        write_parquet(pa.table({"id": ids, "pseudo_domain": np.asarray(names, dtype=object)[labels].tolist()}),
-                      run.probe_labels(r))
-        counts = np.bincount(labels, minlength=len(names))
-        return {"domains": names, "centroid_space": d.centroid_space,
-                "probe_label_counts": dict(zip(names, counts.tolist(), strict=True)), **stats}
+        fit = ray.remote(num_cpus=1)(fit_heads)
+        paths = [str(p.resolve()) for p in (run.probe(r), run.heads(r), run.probe_labels(r))]
+        return ray.get(fit.remote(*paths, cfg))
 
     stats = run.stage(f"heads-{r}", compute)
     log.info("round %d heads: domain val accuracy %s, reward val MSE %s (predicting the mean: %s)", r,
              stats["domain_val_accuracy"], stats["reward_val_mse"], stats["reward_val_mse_of_mean"])
     return stats
+
+
+def fit_heads(probe_path: str, heads_path: str, labels_path: str, cfg: Config) -> dict:
+    """Centroids of the seeds, k-means pseudo-labels of the probe rows started at them, then the
+    two heads trained on the labels; writes the heads and the labels, returns the stats."""
+    from raysel.daar.domains import centroids, domain_names, pseudo_labels
+    from raysel.daar.heads import HeadOptions, save_heads, train_heads
+
+    d = cfg.daar
+    table = read_probe(probe_path)
+    seed_domain = np.asarray(table["seed_domain"].to_pylist(), dtype=object)
+    is_seed = np.array([x is not None for x in seed_domain], dtype=bool)
+    names = domain_names([{"domain": x} for x in seed_domain[is_seed]], d.domains)
+    space = vector_matrix(table["input_embedding" if d.centroid_space == "input" else "probe"])
+    centers = centroids(space[is_seed], seed_domain[is_seed].tolist(), names)
+    labels = pseudo_labels(space[~is_seed], centers, d.kmeans_iterations, cfg.run.seed)
+    opts = HeadOptions(d.head_epochs, d.head_batch_size, d.head_learning_rate, d.head_val_fraction)
+    heads, stats = train_heads(vector_matrix(table["probe"])[~is_seed], labels, len(names), opts, cfg.run.seed)
+    with atomic_output(heads_path) as tmp:
+        save_heads(heads, tmp)
+    ids = table["id"].filter(pa.array(~is_seed))
+    write_parquet(pa.table({"id": ids, "pseudo_domain": np.asarray(names, dtype=object)[labels].tolist()}),
+                  labels_path)
+    counts = np.bincount(labels, minlength=len(names))
+    return {"domains": names, "centroid_space": d.centroid_space,
+            "probe_label_counts": dict(zip(names, counts.tolist(), strict=True)), **stats}
 
 
 def reward_stage(run: RunDir, cfg: Config, r: int, model: str, domains: list[str]) -> dict:

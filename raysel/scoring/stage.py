@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from raysel.actor_map import gathered, map_valid_rows, plan_actors
 from raysel.config import Config
-from raysel.runs import EMBEDDINGS_FILE, SCORES_FILE, write_parquet
+from raysel.runs import EMBEDDINGS_FILE, SCORES_FILE, fresh_folder, write_parquet, write_part
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +151,12 @@ def score_table(scorer, rows: pa.Table) -> pa.Table:
 
 
 def write_embedding_part(table: pa.Table, folder: Path) -> None:
-    """The scored rows' embeddings of one batch as a Parquet file in `folder`, named by a hash of
-    its ids: a batch that Ray Data retries after a failure overwrites its own file."""
-    import hashlib
-
+    """The scored rows' embeddings of one batch as a part of the folder embeddings.parquet."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     scored = table.filter(pc.equal(table["status"], "scored")).select(["id", "embedding"])
-    if not scored.num_rows:
-        return
-    name = hashlib.sha1("\n".join(scored["id"].to_pylist()).encode()).hexdigest()[:20]
-    tmp = folder / f".{name}.tmp"  # hidden until complete: Parquet readers skip dot files
-    pq.write_table(scored, tmp)
-    os.replace(tmp, folder / f"part-{name}.parquet")
+    if scored.num_rows:
+        write_part(scored, folder)
 
 
 def _embedding_column(results, width: int) -> pa.FixedSizeListArray:
@@ -189,7 +181,7 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_actors(cfg.scoring, ray.cluster_resources())
     ctor = {"model_path": str(model_path), "cfg": cfg, "threads": plan.threads, "device": plan.device,
-            "embeddings_dir": _fresh_folder(out_dir / EMBEDDINGS_FILE) if cfg.scoring.embeddings else None}
+            "embeddings_dir": fresh_folder(out_dir / EMBEDDINGS_FILE) if cfg.scoring.embeddings else None}
     scored, counts = map_valid_rows(rows_path, Scorer, ctor, plan, ["id", "prompt", "response"], ids=ids,
                                     batch_size=cfg.scoring.batch_size)
     log.info("scoring %d rows with %s: %s", counts["to_score"], model_path, plan)
@@ -201,15 +193,6 @@ def score_pool(rows_path: str | Path, out_dir: str | Path, model_path: str, cfg:
             "truncated": sum(truncated), "actors": plan.num_actors, "actors_used": workers, "nodes_used": nodes,
             "threads_per_actor": plan.threads, "device": plan.device,
             "dtype": ",".join(sorted(dtypes)) or None, "prior_context": "; ".join(sorted(priors)) or None}
-
-
-def _fresh_folder(path: Path) -> str:
-    """An empty folder at `path` (what an interrupted run left there is removed)."""
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return str(path)
 
 
 def _collect(scored, total: int) -> tuple[pa.Table, int, list[str], set[str], set[str]]:
