@@ -23,7 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 # Fields that say where and how a run executes, not what it computes: the only ones a resumed run
 # may change (raysel.runs.RunDir.create).
-RUN_NEUTRAL = {"ray.address", "ray.num_cpus", "run.dir"}
+RUN_NEUTRAL = {"ray.address", "ray.num_cpus", "run.dir", "run.mirror"}
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ class RayConfig:
 class RunConfig:
     dir: str | None = None  # default: runs/<job>-<timestamp>
     seed: int = 0
+    mirror: str | None = None  # s3://bucket/prefix (any pyarrow.fs URI): a copy of the run, stage by stage
 
 
 @dataclass

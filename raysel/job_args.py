@@ -27,7 +27,7 @@ configuration:
     training   method, lora_*, learning_rate, batch_size, num_workers, zero_stage, precision
     eval       heldout, accuracy_domains, max_new_tokens
     ray        address, num_cpus
-    run        dir, seed
+    run        dir, seed, mirror (s3://bucket/prefix: a copy of the run in object storage)
   `pool.path: demo` and `model.path: demo` are the built-in demo pool and SmolLM2-135M-Instruct
   (generated / fetched into ~/.cache/raysel on first use). docs/methods.md says what each method
   field does.
@@ -50,13 +50,18 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = (), in_run: bo
                      default_config: Path | None = None):
     """The config of --config (default: `default_config`, else configs/demo.yaml) and --set. With
     --resume (or `in_run`: a stage run by hand in an existing run directory) and no --config, the
-    run's own config.yaml."""
+    run's own config.yaml (from run.mirror when the run directory does not hold it: a new cluster)."""
     overrides = [*args.overrides, *extra]
     if args.run_dir:
         overrides.append(f"run.dir={args.run_dir}")
     base = args.config or default_config
     saved = Path(args.run_dir) / "config.yaml" if args.run_dir else None
-    if args.config is None and (getattr(args, "resume", False) or in_run) and saved and saved.exists():
+    own = args.config is None and (getattr(args, "resume", False) or in_run) and saved
+    if own and not saved.exists() and (mirror := load_config(base, overrides).run.mirror):
+        from raysel.mirror import Mirror
+
+        Mirror(mirror).fetch(saved.name, saved.parent)
+    if own and saved.exists():
         base = saved
     return load_config(base, overrides)
 

@@ -7,7 +7,8 @@ leaves a completion marker (`.done/<stage>.json`, with its stats and the size of
 the stage wrote): `RunDir.stage` does the marking. `--resume` trusts markers, never the mere
 existence of a file, and a marker only while what it vouches for is there at the size it
 recorded: a deleted or truncated output makes its stage run again. Temporary files a killed
-run left behind are removed when it resumes.
+run left behind are removed when it resumes. With `run.mirror` set, each stage's files are
+copied to object storage as the stage completes (raysel.mirror).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from raysel.config import Config, UserError, dump_config, load_config, result_changes
+from raysel.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,9 @@ def default_run_dir(job: str) -> Path:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, mirror: Mirror | None = None):
         self.path = Path(path)
+        self.mirror = mirror  # a copy in object storage (run.mirror), or None
         self.manifest_path = self.path / "manifest.json"
         self.markers = self.path / ".done"
         self.config_changes: dict = {}  # fields this process runs with that differ from config.yaml
@@ -61,10 +64,16 @@ class RunDir:
         config.yaml is written once, when the run starts, and never rewritten. A resume whose
         config differs from it in a field that changes results is refused; a stage run by hand
         with other settings records the fields that differ in its own stats."""
-        run = cls(cfg.run.dir or default_run_dir(job))
-        if run.path.exists() and any(run.path.iterdir()) and not (resume or reuse):
+        run = cls(cfg.run.dir or default_run_dir(job), Mirror(cfg.run.mirror) if cfg.run.mirror else None)
+        empty = not run.path.exists() or not any(run.path.iterdir())
+        if not empty and not (resume or reuse):
             raise FileExistsError(f"run directory {run.path} is not empty: pass --resume to continue it, "
                                   "or choose another --run-dir")
+        if run.mirror and not (resume or reuse) and run.mirror.holds_a_run():
+            raise FileExistsError(f"run.mirror {run.mirror.uri} already holds a run: pass --resume to continue "
+                                  "it, or choose another run.mirror")
+        if run.mirror and resume and not run.completed():  # a new cluster picks the run up from the mirror
+            run.mirror.restore(run.path)
         run.markers.mkdir(parents=True, exist_ok=True)
         if resume:
             run.remove_temporary()
@@ -83,6 +92,8 @@ class RunDir:
         manifest.setdefault("stages", {})
         manifest.update(seed=cfg.run.seed, versions=_versions())
         run.write_manifest(manifest)
+        if run.mirror:  # the config and manifest, and whatever an earlier failed upload left out
+            run.mirror.sync(run.path)
         return run
 
     # --- the layout -------------------------------------------------------------------------
@@ -157,6 +168,10 @@ class RunDir:
 
     # --- completion markers -------------------------------------------------------------
 
+    def completed(self) -> list[str]:
+        """The stages with a marker (intact or not)."""
+        return sorted(p.stem for p in self.markers.glob("*.json")) if self.markers.is_dir() else []
+
     def is_done(self, stage: str) -> bool:
         """Marked, and every file the marker vouches for is there at the size it recorded."""
         marker = self.markers / f"{stage}.json"
@@ -187,6 +202,7 @@ class RunDir:
         record = {**stats, "seconds": round(seconds, 3)}
         _atomic_write_text(self.markers / f"{stage}.json", json.dumps({**record, OUTPUTS: outputs or {}}, indent=2))
         self._set_stage(stage, {"status": "done", **record})
+        self.push([*(outputs or {}), f"{self.markers.name}/{stage}.json", self.manifest_path.name])
         log.info("stage %s done in %.1fs %s", stage, seconds, stats or "")
 
     def _set_stage(self, stage: str, record: dict) -> None:
@@ -194,6 +210,11 @@ class RunDir:
         manifest = self.read_manifest()
         manifest.setdefault("stages", {})[stage] = record
         self.write_manifest(manifest)
+
+    def push(self, rels: list[str]) -> None:
+        """Copy these files (relative paths) to run.mirror, in order; nothing without a mirror."""
+        if self.mirror:
+            self.mirror.push(self.path, rels)
 
     def forget(self, stage: str) -> None:
         """Drop a stage's marker so that it runs again."""

@@ -145,6 +145,8 @@ def finish_run(run: RunDir) -> None:
         log.info("report: %s", write_report(run.path))
     except Exception:
         log.exception("the report could not be written; retry with `raysel report %s`", run.path)
+    report = [p.relative_to(run.path).as_posix() for p in sorted((run.path / "report").rglob("*")) if p.is_file()]
+    run.push([*report, "report.md", run.manifest_path.name])
 
 
 def _mixture(cfg: Config) -> tuple[str, dict] | None:

@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny random models built offline, and one Ray session for the whole run."""
+"""Shared fixtures: tiny random models built offline, one Ray session for the whole run, and a local
+S3 endpoint for run.mirror."""
 
+import logging
 import os
 
 import pytest
@@ -36,3 +38,28 @@ def ray_session():
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A local S3 endpoint (moto's server: the S3 API over HTTP); yields a function giving a fresh
+    run.mirror URI in its bucket. The fake credentials are in os.environ, so jobs started as
+    subprocesses reach it too."""
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    s3fs, _ = fs.FileSystem.from_uri(f"s3://raysel?{query}&allow_bucket_creation=true")
+    s3fs.create_dir("raysel")
+    names = iter(range(1000))
+    yield lambda: f"s3://raysel/runs/{next(names)}?{query}"
+    server.stop()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

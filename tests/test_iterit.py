@@ -33,9 +33,10 @@ def run_job(run_dir, *extra, timeout=900, job=JOB):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, s3):
+    """The tiny IterIT job, two rounds, copied as it runs to a run.mirror in (local) S3."""
     run_dir = tmp_path_factory.mktemp("iterit") / "run"
-    out = run_job(run_dir)
+    out = run_job(run_dir, "--set", f"run.mirror={s3()}")
     return run_dir, out.stdout
 
 
@@ -67,6 +68,24 @@ def test_two_rounds_leave_every_artifact(uninterrupted):
 
     done = RunDir(run_dir)  # every marker still vouches for its files: a resume would redo nothing
     assert all(done.is_done(stage) for stage in manifest["stages"])
+
+
+def test_the_mirror_holds_every_completed_stage_and_the_report(uninterrupted):
+    from raysel.config import load_config
+    from raysel.mirror import Mirror
+    from raysel.runs import RunDir
+
+    run_dir, _ = uninterrupted
+    mirror = Mirror(load_config(run_dir / "config.yaml").run.mirror)
+    there, run = mirror.sizes(), RunDir(run_dir)
+    vouched = {rel: size for marker in (run_dir / ".done").glob("*.json")
+               for rel, size in json.loads(marker.read_text())["outputs"].items()}
+    assert any(rel.startswith("round-1/checkpoint/") for rel in vouched)
+    for rel, size in vouched.items():
+        assert there.get(rel) == size, rel
+    for rel in ("config.yaml", "manifest.json", "report.md", ".done/train-1.json"):
+        assert there.get(rel) == (run_dir / rel).stat().st_size, rel
+    assert json.loads(run.manifest_path.read_text())["finished"]
 
 
 def test_the_finished_run_writes_its_report(uninterrupted):
@@ -148,9 +167,10 @@ def test_round_plans():
     assert plan_round("random", "fixed", 1, pool) == RoundPlan(False, pool, 1)
 
 
-def _kill_after(run_dir: Path, marker: str, proc: subprocess.Popen, timeout=900):
+def _kill_after(run_dir: Path, marker: str, proc: subprocess.Popen, timeout=900, pushed=None):
+    """Kill the job once `marker` is written (and, given a run.mirror, pushed to it)."""
     deadline = time.time() + timeout
-    while not (run_dir / ".done" / marker).exists():
+    while not (run_dir / ".done" / marker).exists() or (pushed and f".done/{marker}" not in pushed.sizes()):
         assert proc.poll() is None, "the job ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.2)
@@ -159,14 +179,24 @@ def _kill_after(run_dir: Path, marker: str, proc: subprocess.Popen, timeout=900)
 
 
 @pytest.mark.reliability  # with the kills inside each stage in test_faults.py
-def test_resume_after_a_real_kill_reproduces_the_run(uninterrupted, tmp_path):
+def test_a_run_killed_with_its_disk_lost_resumes_from_its_mirror(uninterrupted, tmp_path, s3):
+    """The driver killed between rounds and the run directory lost with its machine (a spot
+    cluster gone): a new, empty run directory resumes from run.mirror to the same run."""
     reference, _ = uninterrupted
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([*JOB, "--run-dir", str(run_dir)], cwd=ROOT, env=job_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    _kill_after(run_dir, "train-0.json", proc)
-    assert not (run_dir / ".done" / "train-1.json").exists(), "killed during round 1"
-    run_job(run_dir, "--resume")
+    lost, run_dir, mirror = tmp_path / "lost", tmp_path / "run", s3()
+    proc = subprocess.Popen([*JOB, "--run-dir", str(lost), "--set", f"run.mirror={mirror}"], cwd=ROOT,
+                            env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    from raysel.mirror import Mirror
+
+    _kill_after(lost, "train-0.json", proc, pushed=Mirror(mirror))  # once round 0 is in the mirror
+    assert not (lost / ".done" / "train-1.json").exists(), "killed during round 1"
+    shutil.rmtree(lost)
+    # no --config: the run's own config comes from the mirror too
+    out = run_job(run_dir, "--resume", "--set", f"run.mirror={mirror}", job=[sys.executable, "jobs/iterit.py"])
+    assert "restored" in out.stderr
+    for stage in ("ingest", "score-0", "select-0", "train-0"):  # restored, not recomputed
+        assert f"stage {stage} done" not in out.stderr
     for r in (0, 1):
         assert selection(run_dir, r) == selection(reference, r)
     import torch
