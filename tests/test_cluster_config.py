@@ -40,3 +40,13 @@ def test_the_image_runs_rays_pinned_version_and_setup_installs_the_gpu_extra(clu
     image = cluster["docker"]["image"]
     assert image.startswith(f"rayproject/ray:{ray.__version__}-") and "ray-ml" not in image
     assert any("[gpu]" in command for command in cluster["setup_commands"])
+
+
+def test_the_cluster_configs_ask_for_gpus_and_keep_the_run_in_object_storage():
+    from raysel.config import load_config
+
+    for name in ("iterit-8b", "daar-8b"):
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert cfg.scoring.use_gpu == "yes" and cfg.training.use_gpu == "yes"
+        assert cfg.scoring.max_actors > cfg.scoring.num_actors, "the scorer pool grows with the cluster"
+        assert cfg.run.mirror.startswith("s3://"), "the run's object-store copy (raysel.mirror)"
