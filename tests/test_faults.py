@@ -185,6 +185,9 @@ def test_a_training_worker_killed_mid_round_is_restarted_and_the_round_ends_the_
     ids = [f"row-{i:02d}" for i in range(14)]
     total = total_steps(len(ids), 1, cfg.training)
     calm_workers, seen = {}, {}
+    # The first round pays one-off costs (DeepSpeed's ops, cold file caches) that the killed round
+    # does not: the lifetime is measured on a second undisturbed round, or the kill can land too late.
+    train_round(cfg, rows, ids, tmp_path / "warm", 0, str(tiny_model_dir), total)
     thread = watch("RayTrainWorker", calm_workers)
     calm = train_round(cfg, rows, ids, tmp_path / "calm", 0, str(tiny_model_dir), total)
     thread.join(timeout=60)
