@@ -3,9 +3,9 @@ opens), so that a run outlives the cluster it ran on.
 
 The run directory stays the working copy (storage every node sees); the mirror receives each
 stage's files as the stage completes, its marker after them, and the manifest last, so a marker
-in the mirror never vouches for a file that is not there. `--resume` into a run directory that is
-with no completed stage (a new cluster's) first restores it from the mirror: the markers, the files they vouch for, the
-config and the manifest, and nothing else (a file no marker vouches for is a stale leftover).
+in the mirror never vouches for a file that is not there. `--resume` into a run directory with no
+completed stage (a new cluster's) first restores it from the mirror: the markers, the files they
+vouch for, the config and the manifest, and nothing else (a file no marker vouches for is stale).
 
     python jobs/iterit.py --run-dir /efs/runs/x --set run.mirror=s3://bucket/runs/x
     python jobs/iterit.py --run-dir /efs/runs/x --resume --set run.mirror=s3://bucket/runs/x   # new cluster
